@@ -1,0 +1,1 @@
+"""Shard writing, streaming readers, decoders, collation and packing, synthetic sets."""

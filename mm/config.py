@@ -1,0 +1,87 @@
+"""Typed configs: dataclasses are the schema, YAML files the recipes, dotted overrides on top.
+
+Loading goes through OmegaConf structured configs, which reject unknown keys and values of the
+wrong type. This module only turns its errors into one message that names the key and the file
+the value came from, and checks that no required value (``MISSING``) is left unset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["MISSING", "ConfigError", "load_config", "read_yaml", "to_yaml", "parse_overrides"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that does not fit its schema; the message names the key and where it came from."""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, failing with the file name on a missing file or a syntax error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["optim.lr=3e-4", "model.layers=4"]`` -> nested dict; values are parsed as YAML scalars."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+
+
+def _merge(base: DictConfig, data: dict[str, Any], source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, data)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"{source}: key '{key}': {reason}") from None
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Build a ``schema`` dataclass from its defaults, then the YAML file, then the overrides.
+
+    Fails before any work starts on an unknown key, a value of the wrong type or a required
+    value left unset, with a :class:`ConfigError` naming the key and the file (or "command line").
+    The dataclasses' ``__post_init__`` checks run last, on the resolved values.
+    """
+    cfg = OmegaConf.structured(schema)
+    if path is not None:
+        cfg = _merge(cfg, read_yaml(path), str(path))
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(list(overrides)), "command line")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        where = f" (set it in {path} or on the command line)" if path else ""
+        raise ConfigError(f"required value(s) not set: {', '.join(missing)}{where}")
+    try:
+        return OmegaConf.to_object(cfg)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from None
+
+
+def to_yaml(config: Any) -> str:
+    """The resolved config as YAML, in schema field order."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,1 @@
+"""distributed of the mm suite (see ../shared/DESIGN.md §1)."""

@@ -1,0 +1,1 @@
+"""layers of the mm suite (see ../shared/DESIGN.md §1)."""

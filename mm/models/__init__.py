@@ -1,0 +1,1 @@
+"""models of the mm suite (see ../shared/DESIGN.md §1)."""

@@ -1,0 +1,1 @@
+"""ops of the mm suite (see ../shared/DESIGN.md §1)."""

@@ -1,0 +1,1 @@
+"""The training spine: configs, the loop, optimizers and schedules, checkpoints, run logging."""

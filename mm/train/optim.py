@@ -1,0 +1,48 @@
+"""AdamW with decoupled weight decay on matrices only, and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mm.train.config import OptimConfig, ScheduleConfig
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on parameters with ≥ 2 dims (matrices, embeddings), none on gains/biases."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based) of ``total_steps``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.name == "constant":
+        return 1.0
+    floor = cfg.min_lr_ratio
+    if cfg.name == "cosine":
+        span = max(1, total_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    # wsd: stable at the peak, then linear decay over the last decay_fraction of the steps
+    decay_steps = max(1, round(cfg.decay_fraction * total_steps))
+    decay_start = max(cfg.warmup_steps, total_steps - decay_steps)
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start + 1) / decay_steps)
+    return 1.0 - (1 - floor) * progress
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int):
+    """A LambdaLR over :func:`lr_factor`; its state (the step) travels in the checkpoint."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))

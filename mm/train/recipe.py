@@ -1,0 +1,88 @@
+"""Recipes: what to train (model, data, loss, evaluation) for the generic training loop.
+
+A recipe is named in its YAML (``recipe: lm``); its config class is a :class:`RecipeConfig`
+extended with the ``model`` and ``data`` sections, so the whole file is checked against one
+schema before any work starts.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from mm.config import ConfigError, load_config, parse_overrides, read_yaml
+from mm.train.config import RecipeConfig
+
+
+class BatchSource(Protocol):
+    """An iterable of batches whose position can be saved and restored exactly.
+
+    It may also offer ``metrics() -> dict[str, float]`` (e.g. skipped samples by reason), which the
+    training loop adds to its logged metrics.
+    """
+
+    def __iter__(self) -> Iterator[dict]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar, the mean over the `count` units of the micro-batch
+    count: int  # units (tokens, samples) in the micro-batch, for throughput
+    metrics: dict[str, float] = field(default_factory=dict)  # extra figures to log (aux losses, ...)
+
+
+class Recipe(abc.ABC):
+    config_cls: type[RecipeConfig] = RecipeConfig
+    unit: str = "samples"  # what `StepOutput.count` counts, shown in the progress bar as <unit>/s
+
+    def __init__(self, cfg: RecipeConfig):
+        self.cfg = cfg
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abc.abstractmethod
+    def build_train_data(self) -> BatchSource: ...
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: dict) -> StepOutput: ...
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Held-out figures, computed under ``torch.no_grad`` with the model in eval mode."""
+        return {}
+
+
+# name -> "module:Class"; imported only when used, so `mm --help` stays fast.
+RECIPES: dict[str, str] = {
+    "lm": "mm.train.recipes.lm:LMRecipe",
+}
+
+
+def register_recipe(name: str, target: str) -> None:
+    RECIPES[name] = target
+
+
+def get_recipe(name: str) -> type[Recipe]:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES)) or 'none'}")
+    module, _, cls = RECIPES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_recipe_config(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
+    """Read ``recipe:`` from the file (or an override), then load the file against that recipe's schema."""
+    name = parse_overrides(list(overrides)).get("recipe") or read_yaml(path).get("recipe")
+    if not name:
+        raise ConfigError(f"{path}: key 'recipe' is required (one of: {', '.join(sorted(RECIPES))})")
+    return load_config(get_recipe(str(name)).config_cls, path, overrides)

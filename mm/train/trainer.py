@@ -1,0 +1,232 @@
+"""The training loop: any recipe, with checkpoint/resume, logging, progress and non-finite guards."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mm.config import to_yaml
+from mm.train.checkpoint import CheckpointManager, load_train_state, load_weights
+from mm.train.config import RecipeConfig
+from mm.train.optim import build_optimizer, build_scheduler
+from mm.train.plot import plot_runs
+from mm.train.recipe import Recipe
+from mm.train.run_log import RunLog
+from mm.train.seed import rng_state, seed_everything, set_deterministic, set_rng_state
+from mm.train.signals import StopOnSignal
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # optimizer steps done
+    train_loss: float | None  # mean loss of the last log window
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    interrupted_by: int | None = None  # signal number when stopped by SIGTERM/SIGINT
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+@contextlib.contextmanager
+def _preserved_rng():
+    """Evaluation must not shift the training RNG streams (resume equality depends on it)."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+class _Window:
+    """Running sums between two log events."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.loss_sum, self.loss_steps, self.units, self.start = 0.0, 0, 0, time.perf_counter()
+        self.extra: dict[str, float] = defaultdict(float)
+
+    def add(self, loss: float, units: int, extra: dict[str, float]):
+        self.units += units
+        if math.isfinite(loss):
+            self.loss_sum += loss
+            self.loss_steps += 1
+            for key, value in extra.items():
+                self.extra[key] += value
+
+    def summary(self) -> dict[str, float]:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        n = max(self.loss_steps, 1)
+        loss = self.loss_sum / self.loss_steps if self.loss_steps else float("nan")
+        return {"loss": loss, "units_per_s": self.units / seconds, **{k: v / n for k, v in self.extra.items()}}
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.cfg: RecipeConfig = recipe.cfg
+        self.run_dir = Path(self.cfg.run.dir)
+        self.device = resolve_device(self.cfg.run.device)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.cfg.checkpoint.keep_last)
+        self.config_yaml = to_yaml(self.cfg)
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _build(self):
+        seed_everything(self.cfg.run.seed)
+        set_deterministic(self.cfg.run.deterministic)
+        self.model: nn.Module = self.recipe.build_model().to(self.device)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.schedule, self.cfg.train.steps)
+        self.data = self.recipe.build_train_data()
+        self.step = 0
+        self.nonfinite_total = 0
+
+    def _train_state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "data": self.data.state_dict(),
+            "nonfinite_total": self.nonfinite_total,
+        }
+
+    def _resume(self, spec: str) -> Path:
+        path = self.checkpoints.resolve(spec)
+        load_weights(path, self.model)
+        state = load_train_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        return path
+
+    def save(self) -> Path:
+        return self.checkpoints.save(self.step, self.model, self._train_state(), self.config_yaml)
+
+    def _data_metrics(self) -> dict[str, float]:
+        """Skip counts and the like, when the data source reports them (``metrics()``)."""
+        metrics = getattr(self.data, "metrics", None)
+        return metrics() if callable(metrics) else {}
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def _step(self, batches) -> tuple[float, float, int, dict[str, float]]:
+        """Forward/backward over ``grad_accum`` micro-batches; update only if loss and grad norm are finite."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = self.cfg.train.grad_accum
+        loss_total, units, extra = 0.0, 0, defaultdict(float)
+        for _ in range(accum):
+            batch = _to_device(next(batches), self.device)
+            with _autocast(self.device, self.cfg.run.precision):
+                out = self.recipe.loss(self.model, batch)
+            (out.loss / accum).backward()
+            loss_total += out.loss.item() / accum
+            units += out.count
+            for key, value in out.metrics.items():
+                extra[key] += value / accum
+        clip = self.cfg.optim.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        if math.isfinite(loss_total) and math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return loss_total, grad_norm, units, dict(extra)
+
+    def _evaluate(self, log: RunLog) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad(), _preserved_rng(), _autocast(self.device, self.cfg.run.precision):
+            metrics = self.recipe.evaluate(self.model, self.device)
+        if metrics:
+            log.log(self.step, metrics, split="eval")
+        return metrics
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, resume: str | None = None) -> TrainResult:
+        self._build()
+        resumed_from = self._resume(resume) if resume else None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(self.config_yaml)
+        log = RunLog(self.run_dir, resume_step=self.step if resumed_from else None)
+        loop = self.cfg.train
+        window, consecutive_bad = _Window(), 0
+        last_loss, eval_metrics, checkpoint = None, {}, None
+        batches = iter(self.data)
+        bar = tqdm(total=loop.steps, initial=self.step, disable=not loop.progress, desc="train", dynamic_ncols=True)
+        try:
+            with StopOnSignal() as stop:
+                while self.step < loop.steps and not stop.requested:
+                    loss, grad_norm, units, extra = self._step(batches)
+                    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+                    consecutive_bad = 0 if finite else consecutive_bad + 1
+                    self.nonfinite_total += 0 if finite else 1
+                    window.add(loss, units, extra)
+                    bar.update(1)
+                    if self.step % loop.log_every == 0 or self.step == loop.steps or not finite:
+                        summary = window.summary()
+                        last_loss = summary["loss"]
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        log.log(self.step, {**summary, "lr": lr, "grad_norm": grad_norm,
+                                            "nonfinite_steps": self.nonfinite_total, **self._data_metrics()})
+                        bar.set_postfix(loss=f"{last_loss:.4f}", **{f"{self.recipe.unit}/s": f"{summary['units_per_s']:.0f}"})
+                        window.reset()
+                    if consecutive_bad >= loop.max_nonfinite:
+                        latest = self.checkpoints.latest()
+                        raise TrainingDiverged(
+                            f"stopping at step {self.step}: {consecutive_bad} consecutive steps with a non-finite "
+                            f"loss or gradient norm; last good checkpoint: {latest.path if latest else 'none'}"
+                        )
+                    if loop.eval_every and self.step % loop.eval_every == 0 and self.step < loop.steps:
+                        eval_metrics = self._evaluate(log)
+                    if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0 and not consecutive_bad:
+                        # no periodic saves inside a non-finite streak: the last good one stays the latest
+                        checkpoint = self.save()
+                if stop.requested:
+                    checkpoint = self.save()
+                    return TrainResult(self.run_dir, self.step, last_loss, eval_metrics, checkpoint, stop.signum)
+            eval_metrics = self._evaluate(log) or eval_metrics
+            checkpoint = self.save()
+        finally:
+            bar.close()
+            log.close()
+        plot_runs([self.run_dir], self.run_dir / "curves.png")
+        return TrainResult(self.run_dir, self.step, last_loss, eval_metrics, checkpoint)
