@@ -1,0 +1,255 @@
+"""Lightning attention: every implementation against the float64 reference and an outside oracle.
+
+Triton kernels run under TRITON_INTERPRET=1 on CPU (tests/conftest.py). They use a fixed block of
+16 tokens there, so T = 17, 63, 64, 65, 200 cover single, partial and many blocks; `segment_len=32`
+forces the split path (local states + scan across segments) that long sequences take on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mm.ops.lightning_attn import build_slopes, lightning_attn, lightning_attn_step
+from mm.ops.lightning_attn.reference import lightning_attn_quadratic, lightning_attn_recurrent
+
+F64 = torch.float64
+
+
+def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref|| in float64; NaN anywhere gives inf."""
+    x, ref = x.detach().to(F64), ref.detach().to(F64)
+    if not torch.isfinite(x).all():
+        return float("inf")
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def inputs(B, T, H, d, e, *, dtype=F64, state=True, n=None):
+    q, k = torch.randn(B, T, H, d, dtype=dtype), torch.randn(B, T, H, d, dtype=dtype)
+    v = torch.randn(B, T, H, e, dtype=dtype)
+    h0 = torch.randn(B if n is None else n, H, d, e, dtype=dtype) if state else None
+    # Strong decays first, weak last (layer 0 of 1 plus a near-1 head), so both regimes are tested.
+    slopes = build_slopes(H, layer_idx=0, num_layers=1)
+    slopes[-1] = 1e-3
+    return q, k, v, h0, slopes
+
+
+def run(backend, q, k, v, slopes, h0, *, segment_len=None, cu_seqlens=None):
+    """Output and final state of one backend; `segment_len` reaches the Triton function directly."""
+    if backend == "triton":
+        from mm.ops.lightning_attn.triton_function import lightning_attn_triton
+
+        return lightning_attn_triton(q, k, v, slopes, initial_state=h0, output_final_state=True,
+                                     cu_seqlens=cu_seqlens, segment_len=segment_len)
+    return lightning_attn(q, k, v, slopes, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens,
+                          backend=backend)
+
+
+def outputs_and_grads(backend, q, k, v, slopes, h0, do, dst, **kw):
+    """(o, final state, dq, dk, dv, dh0) for the loss <o, do> + <S_T, dst>."""
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    leaves.append(None if h0 is None else h0.detach().clone().requires_grad_())
+    o, st = run(backend, *leaves[:3], slopes, leaves[3], **kw)
+    loss = (o.to(F64) * do).sum() + (st.to(F64) * dst).sum()
+    grads = torch.autograd.grad(loss, [x for x in leaves if x is not None])
+    return (o, st, *grads)
+
+
+# --- the references -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [1, 17, 64, 65])
+def test_quadratic_equals_recurrence(T):
+    q, k, v, h0, slopes = inputs(2, T, 3, 8, 5)
+    o1, s1 = lightning_attn_quadratic(q, k, v, slopes, initial_state=h0)
+    o2, s2 = lightning_attn_recurrent(q, k, v, slopes, initial_state=h0)
+    assert rel(o1, o2) < 1e-12 and rel(s1, s2) < 1e-12
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_fla_naive_oracle_agrees(state):
+    """fla's own pure-torch simple-GLA references (g = -slopes, scale = 1) are an outside oracle."""
+    naive = pytest.importorskip("fla.ops.simple_gla.naive")
+    B, T, H, d, e = 2, 70, 4, 16, 24
+    q, k, v, h0, slopes = inputs(B, T, H, d, e, dtype=torch.float32, state=state)
+    g = (-slopes)[None, None, :].expand(B, T, H).contiguous()
+    o_ref, s_ref = lightning_attn_quadratic(q.double(), k.double(), v.double(), slopes,
+                                            initial_state=None if h0 is None else h0.double())
+    o_rec, s_rec = naive.naive_recurrent_simple_gla(q, k, v, g, scale=1.0, initial_state=h0,
+                                                    output_final_state=True)
+    o_chk, s_chk = naive.naive_chunk_simple_gla(q, k, v, g, initial_state=h0, output_final_state=True,
+                                                scale=1.0)
+    for o, s in ((o_rec, s_rec), (o_chk, s_chk)):
+        assert rel(o, o_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+
+
+# --- chunked and Triton against the float64 reference ----------------------------------------------
+
+CASES = [("chunked", None), ("triton", None), ("triton", 32)]
+IDS = ["chunked", "triton", "triton-split"]
+
+
+@pytest.mark.parametrize("backend,segment_len", CASES, ids=IDS)
+@pytest.mark.parametrize("T", [1, 17, 63, 64, 65, 200])
+@pytest.mark.parametrize("state", [False, True], ids=["no-h0", "h0"])
+def test_outputs_states_and_grads(nan_poison, backend, segment_len, T, state):
+    B, H, d, e = 2, 3, 24, 16  # d != e, d not a power of two
+    q, k, v, h0, slopes = inputs(B, T, H, d, e, state=state)
+    do, dst = torch.randn(B, T, H, e, dtype=F64), torch.randn(B, H, d, e, dtype=F64)
+    ref = outputs_and_grads("reference", q, k, v, slopes, h0, do, dst)
+    kw = {} if backend == "chunked" else {"segment_len": segment_len}
+    dt = F64 if backend == "chunked" else torch.float32  # Triton kernels take float32 at most
+    got = outputs_and_grads(backend, *(x.to(dt) for x in (q, k, v)), slopes,
+                            None if h0 is None else h0.to(dt), do, dst, **kw)
+    tol = 1e-12 if backend == "chunked" else 1e-5
+    names = ["o", "final_state", "dq", "dk", "dv", "dh0"]
+    for name, x, r in zip(names, got, ref, strict=False):
+        assert rel(x, r) < tol, f"{name}: {rel(x, r):.2e}"
+
+
+@pytest.mark.parametrize("d,e", [(16, 16), (48, 32), (32, 80), (256, 24)])
+def test_triton_feature_dims(nan_poison, d, e):
+    """Any d, e in 16..256, powers of two or not, padded inside the kernel."""
+    q, k, v, h0, slopes = inputs(1, 40, 2, d, e)
+    do, dst = torch.randn(1, 40, 2, e, dtype=F64), torch.randn(1, 2, d, e, dtype=F64)
+    ref = outputs_and_grads("reference", q, k, v, slopes, h0, do, dst)
+    got = outputs_and_grads("triton", q.float(), k.float(), v.float(), slopes, h0.float(), do, dst,
+                            segment_len=32)
+    for x, r in zip(got, ref, strict=True):
+        assert rel(x, r) < 1e-5
+
+
+@pytest.mark.parametrize("backend,segment_len", CASES, ids=IDS)
+def test_varlen_equals_separate_sequences(nan_poison, backend, segment_len):
+    """Three uneven packed sequences (one of a single token) equal three separate calls."""
+    lens = [45, 1, 83]
+    T, H, d, e = sum(lens), 2, 16, 24
+    cu = torch.tensor([0, 45, 46, 129], dtype=torch.int32)
+    q, k, v, h0, slopes = inputs(1, T, H, d, e, n=3)
+    dt = F64 if backend == "chunked" else torch.float32
+    q, k, v, h0 = (x.to(dt) for x in (q, k, v, h0))
+    do, dst = torch.randn(1, T, H, e, dtype=F64), torch.randn(3, H, d, e, dtype=F64)
+    kw = {} if backend == "chunked" else {"segment_len": segment_len}
+    packed = outputs_and_grads(backend, q, k, v, slopes, h0, do, dst, cu_seqlens=cu, **kw)
+    o, st, dq, dk, dv, dh0 = packed
+    for n in range(3):
+        sl = slice(int(cu[n]), int(cu[n + 1]))
+        one = outputs_and_grads("reference", *(x[:, sl].double() for x in (q, k, v)), slopes,
+                                h0[n : n + 1].double(), do[:, sl], dst[n : n + 1])
+        mine = (o[:, sl], st[n : n + 1], dq[:, sl], dk[:, sl], dv[:, sl], dh0[n : n + 1])
+        for x, r in zip(mine, one, strict=True):
+            assert rel(x, r) < 1e-5
+
+
+@pytest.mark.parametrize("backend,segment_len", CASES, ids=IDS)
+def test_varlen_with_an_empty_sequence(nan_poison, backend, segment_len):
+    """An empty sequence passes its initial state through (and dS_T back to dh0)."""
+    cu = torch.tensor([0, 20, 20, 37])
+    q, k, v, h0, slopes = inputs(1, 37, 2, 16, 16, n=3)
+    dt = F64 if backend == "chunked" else torch.float32
+    q, k, v, h0 = (x.to(dt) for x in (q, k, v, h0))
+    do, dst = torch.randn(1, 37, 2, 16, dtype=F64), torch.randn(3, 2, 16, 16, dtype=F64)
+    kw = {} if backend == "chunked" else {"segment_len": segment_len}
+    _, st, *_, dh0 = outputs_and_grads(backend, q, k, v, slopes, h0, do, dst, cu_seqlens=cu, **kw)
+    assert rel(st[1], h0[1]) < 1e-6 and rel(dh0[1], dst[1]) < 1e-6
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-3), (torch.float16, 1e-3)])
+def test_triton_half_precision(nan_poison, dtype, tol):
+    """bf16 inputs with fp32 accumulation land near 2e-3 relative (DESIGN §2; 3e-3 seen here)."""
+    B, T, H, d, e = 2, 65, 2, 32, 48
+    q, k, v, h0, slopes = inputs(B, T, H, d, e)
+    q, k, v = (x.to(dtype) for x in (q, k, v))  # the reference sees the same rounded inputs
+    do, dst = torch.randn(B, T, H, e, dtype=F64), torch.randn(B, H, d, e, dtype=F64)
+    ref = outputs_and_grads("reference", q.double(), k.double(), v.double(), slopes, h0, do, dst)
+    got = outputs_and_grads("triton", q, k, v, slopes, h0.float(), do, dst, segment_len=32)
+    assert got[0].dtype == dtype and got[1].dtype == torch.float32
+    for x, r in zip(got, ref, strict=True):
+        assert rel(x, r) < tol
+
+
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+def test_strided_views_as_inputs(backend):
+    """q, k, v cut from one fused projection (non-contiguous views) give the same result."""
+    x = torch.randn(2, 64, 3, 3 * 16)
+    q, k, v = x.split(16, dim=-1)  # [2, 64, 3, 16] each, strided
+    slopes = build_slopes(3)
+    o, st = run(backend, q, k, v, slopes, None)
+    o_ref, st_ref = lightning_attn_quadratic(*(t.double() for t in (q, k, v)), slopes)
+    assert not q.is_contiguous() and rel(o, o_ref) < 1e-5 and rel(st, st_ref) < 1e-5
+
+
+def test_default_backend_is_chunked_on_cpu_and_differentiable():
+    q, k, v, h0, slopes = inputs(2, 30, 2, 8, 8)
+    q.requires_grad_()
+    o, st = lightning_attn(q, k, v, slopes, initial_state=h0)
+    assert st is None
+    o.sum().backward()
+    o_ref, _ = lightning_attn_quadratic(q.detach(), k, v, slopes, initial_state=h0)
+    assert rel(o, o_ref) < 1e-12 and q.grad is not None
+
+
+# --- decoding --------------------------------------------------------------------------------------
+
+
+def test_step_rolled_equals_full_op():
+    B, T, H, d, e = 2, 37, 3, 8, 12
+    q, k, v, h0, slopes = inputs(B, T, H, d, e)
+    o_full, s_full = lightning_attn(q, k, v, slopes, initial_state=h0, output_final_state=True,
+                                    backend="reference")
+    state, outs = h0.clone(), []
+    for t in range(T):
+        o_t, state = lightning_attn_step(q[:, t], k[:, t], v[:, t], state, slopes)
+        outs.append(o_t)
+    assert rel(torch.stack(outs, dim=1), o_full) < 1e-12 and rel(state, s_full) < 1e-12
+
+
+# --- slopes and argument checks --------------------------------------------------------------------
+
+
+def test_build_slopes():
+    assert torch.allclose(build_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    s4, s8 = build_slopes(4), build_slopes(8)
+    assert torch.allclose(build_slopes(6), torch.cat([s4, s8[0::2][:2]]))
+    assert build_slopes(16).dtype == torch.float32 and build_slopes(12).shape == (12,)
+    L = 8
+    assert torch.allclose(build_slopes(4, layer_idx=0, num_layers=L), s4 * (1 + 1e-5))
+    assert torch.allclose(build_slopes(4, layer_idx=L - 1, num_layers=L), s4 * 1e-5)
+    assert torch.allclose(build_slopes(4, layer_idx=0, num_layers=1), s4 * (1 + 1e-5))  # L = 1: no 0/0
+    with pytest.raises(ValueError, match="layer_idx"):
+        build_slopes(4, layer_idx=8, num_layers=8)
+    with pytest.raises(ValueError, match="num_heads"):
+        build_slopes(0)
+
+
+def test_argument_errors():
+    q, k, v, h0, slopes = inputs(2, 10, 2, 8, 8)
+    with pytest.raises(ValueError, match="backend"):
+        lightning_attn(q, k, v, slopes, backend="cuda")
+    with pytest.raises(ValueError, match=r"slopes must be \[H\]"):
+        lightning_attn(q, k, v, slopes[:1])
+    with pytest.raises(ValueError, match="initial_state"):
+        lightning_attn(q, k, v, slopes, initial_state=h0[:1])
+    with pytest.raises(ValueError, match="batch size must be 1"):
+        lightning_attn(q, k, v, slopes, cu_seqlens=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="cu_seqlens must rise"):
+        lightning_attn(q[:1], k[:1], v[:1], slopes, cu_seqlens=torch.tensor([0, 4, 3]))
+    with pytest.raises(ValueError, match="v must be"):
+        lightning_attn(q, k, v[:, :5], slopes)
+    with pytest.raises(ValueError, match="triton backend takes"):
+        lightning_attn(q, k, v, slopes, backend="triton")  # float64
+    with pytest.raises(ValueError, match="state must be"):
+        lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], h0[:, :1], slopes)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; the same checks run above on CPU")
+def test_triton_on_cuda_against_reference():
+    q, k, v, h0, slopes = inputs(2, 300, 4, 64, 64)
+    do, dst = torch.randn(2, 300, 4, 64, dtype=F64), torch.randn(2, 4, 64, 64, dtype=F64)
+    ref = outputs_and_grads("reference", q, k, v, slopes, h0, do, dst)
+    dev = [x.float().cuda() for x in (q, k, v, h0)]
+    for seg in (None, 256):
+        got = outputs_and_grads("triton", *dev[:3], slopes.cuda(), dev[3], do.cuda(), dst.cuda(),
+                                segment_len=seg)
+        for x, r in zip(got, ref, strict=True):
+            assert rel(x.cpu(), r) < 1e-5
