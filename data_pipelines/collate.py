@@ -1,0 +1,45 @@
+"""Batch assembly for fixed-size batches: image normalisation and padded token lists."""
+
+from __future__ import annotations
+
+# (mean, std) per channel, for images scaled to [0, 1].
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": None,  # float in [0, 1]
+}
+
+
+def check_normalization(name: str) -> None:
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {sorted(NORMALIZATIONS)}, got {name!r}")
+
+
+def stack_images(images: list, normalize: str):
+    """uint8 ``[3, H, W]`` list -> float32 ``[B, 3, H, W]``, normalised per ``NORMALIZATIONS``."""
+    import torch
+
+    x = torch.stack(images).float().div_(255.0)  # [B, 3, H, W]
+    stats = NORMALIZATIONS[normalize]
+    if stats is not None:
+        mean = torch.tensor(stats[0]).view(1, 3, 1, 1)
+        std = torch.tensor(stats[1]).view(1, 3, 1, 1)
+        x.sub_(mean).div_(std)
+    return x
+
+
+def pad_token_lists(lists: list[list[int]], pad_id: int, max_len: int):
+    """Token lists -> (ids ``[B, L]`` padded with ``pad_id``, lengths ``[B]``), L <= max_len."""
+    import torch
+
+    lists = [t[:max_len] for t in lists]
+    width = max(1, max(len(t) for t in lists))
+    ids = torch.full((len(lists), width), pad_id, dtype=torch.long)
+    for i, t in enumerate(lists):
+        ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return ids, torch.tensor([len(t) for t in lists], dtype=torch.long)
+
+
+def pad_id_of(tokenizer) -> int:
+    """The tokenizer's ``pad_id`` if it has one, else its ``eos_id`` (lengths mark the padding)."""
+    return getattr(tokenizer, "pad_id", None) if getattr(tokenizer, "pad_id", None) is not None else tokenizer.eos_id

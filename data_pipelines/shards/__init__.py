@@ -1,0 +1,1 @@
+"""Tar shards: writing (``writer``, ``build``), listing (``spec``) and streaming (``tar_stream``)."""

@@ -1,0 +1,1 @@
+"""Deterministic synthetic data sets: ``vl`` (shapes + captions + VQA), ``av`` (audible clips), ``text``."""
