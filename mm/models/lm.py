@@ -2,6 +2,7 @@
 
 Each layer: h = RMSNorm(x); x = α·h + β·attn(h); h = RMSNorm(x); x = α·h + β·ffn(h)
 (MiniMax's post-norm residual, α = (2·layers)^(1/4), β = 1), then a final RMSNorm and the LM head.
+Checkpoints in the Hugging Face ``minimax`` format load with :func:`from_hf` and save with :func:`to_hf`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mm.layers.lightning_attention import LightningAttention
+from mm.layers.moe import MoE, RouterStats
 from mm.layers.norm import RMSNorm
 from mm.layers.packing import check_cu_seqlens, document_ids, document_positions
 from mm.layers.rotary import rotary_cos_sin
 from mm.layers.softmax_attention import SoftmaxAttention
 from mm.layers.swiglu import SwiGLU
 
-ATTN_TYPES = ("softmax",)
+ATTN_TYPES = ("lightning", "softmax")
 
 
 @dataclass
@@ -31,8 +34,16 @@ class LMConfig:
     attn_type_list: list[str] = field(default_factory=list)  # per layer; empty: every layer softmax
     rotary_dim: int = 16  # NeoX RoPE on the first rotary_dim dims of each head (MiniMax: head_dim / 2)
     rope_theta: float = 10_000_000.0
-    ffn: int = 344  # SwiGLU width
+    ffn: int = 344  # SwiGLU width (of each expert when experts > 0)
+    experts: int = 0  # 0: a dense SwiGLU per layer; E > 0: a top-k mixture of E SwiGLU experts
+    top_k: int = 2
+    shared_ffn: int = 0  # width of an always-on shared expert (0: none)
+    capacity_factor: float = 0.0  # > 0: drop assignments beyond ceil(cf·N·k/E) per expert; 0: dropless
+    router_aux_coef: float = 0.001  # load-balance loss weight (MiniMax 0.001)
+    router_z_coef: float = 0.0  # router z-loss weight
     norm_eps: float = 1e-5
+    residual_alpha: float | None = None  # α of x = α·h + β·f(h); None: (2·layers)^(1/4) as MiniMax
+    residual_beta: float = 1.0
     tie_embeddings: bool = False
     init_std: float = 0.02
 
@@ -43,7 +54,11 @@ class LMConfig:
             if kind not in ATTN_TYPES:
                 raise ValueError(f"model.attn_type_list: unknown attention type {kind!r}; known: {ATTN_TYPES}")
         if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
-            raise ValueError(f"model.rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}")
+            raise ValueError(
+                f"model.rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}"
+            )
+        if self.experts and not 1 <= self.top_k <= self.experts:
+            raise ValueError(f"model.top_k must be in [1, experts={self.experts}], got {self.top_k}")
         if self.heads % self.kv_heads:
             raise ValueError(f"model.heads ({self.heads}) must be a multiple of model.kv_heads ({self.kv_heads})")
 
@@ -53,31 +68,61 @@ class LMConfig:
         return list(self.attn_type_list) or ["softmax"] * self.layers
 
     @property
-    def residual_alpha(self) -> float:
-        return (2 * self.layers) ** 0.25
+    def alpha(self) -> float:
+        return (2 * self.layers) ** 0.25 if self.residual_alpha is None else self.residual_alpha
 
 
 @dataclass
 class LMOutput:
     logits: torch.Tensor  # [B, T, vocab]
-    loss: torch.Tensor | None = None  # mean cross-entropy over labels != -100 (0 when there are none)
-    num_tokens: int = 0  # tokens that entered the loss
+    loss: torch.Tensor | None = None  # training objective: lm_loss + aux_coef·aux_loss + z_coef·z_loss
+    lm_loss: torch.Tensor | None = None  # mean cross-entropy over labels != -100 (0 when there are none)
+    num_tokens: int = 0  # tokens that entered lm_loss
+    aux_loss: torch.Tensor | None = None  # load-balance loss, mean over MoE layers
+    z_loss: torch.Tensor | None = None  # router z-loss, mean over MoE layers
+    tokens_per_expert: torch.Tensor | None = None  # [layers with MoE, E] routed assignments
+    dropped: torch.Tensor | None = None  # assignments dropped by the capacity limit, all layers
+
+
+@dataclass
+class Packing:
+    """What every layer needs to know about the token layout of one forward."""
+
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [B, T, rotary_dim/2]
+    cu_seqlens: torch.Tensor | None = None  # [N + 1] over the flattened B·T tokens, or None
+    doc_ids: torch.Tensor | None = None  # [B, T] document of each token (packed), or None
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: LMConfig, index: int):
         super().__init__()
-        self.alpha = cfg.residual_alpha
+        self.kind = cfg.layer_types[index]
+        self.alpha, self.beta = cfg.alpha, cfg.residual_beta
         self.input_layernorm = RMSNorm(cfg.hidden, cfg.norm_eps)
-        self.self_attn = SoftmaxAttention(cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim)
+        if self.kind == "lightning":
+            self.self_attn = LightningAttention(cfg.hidden, cfg.heads, cfg.head_dim, index, cfg.layers)
+        else:
+            self.self_attn = SoftmaxAttention(cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim)
         self.post_attention_layernorm = RMSNorm(cfg.hidden, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.hidden, cfg.ffn)
+        if cfg.experts:
+            self.mlp = MoE(cfg.hidden, cfg.ffn, cfg.experts, cfg.top_k, cfg.shared_ffn, cfg.capacity_factor)
+        else:
+            self.mlp = SwiGLU(cfg.hidden, cfg.ffn)
 
-    def forward(self, x, rope, doc_ids):
-        h = self.input_layernorm(x)
-        x = self.alpha * h + self.self_attn(h, rope, doc_ids)
+    def attend(self, h: torch.Tensor, packing: Packing) -> torch.Tensor:
+        if self.kind == "lightning":
+            return self.self_attn(h, cu_seqlens=packing.cu_seqlens)[0]
+        return self.self_attn(h, packing.rope, packing.cu_seqlens, packing.doc_ids)
+
+    def feed_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats | None]:
         h = self.post_attention_layernorm(x)
-        return self.alpha * h + self.mlp(h)
+        out = self.mlp(h)
+        y, stats = out if isinstance(out, tuple) else (out, None)
+        return self.alpha * h + self.beta * y, stats
+
+    def forward(self, x: torch.Tensor, packing: Packing) -> tuple[torch.Tensor, RouterStats | None]:
+        h = self.input_layernorm(x)
+        return self.feed_forward(self.alpha * h + self.beta * self.attend(h, packing))
 
 
 class LM(nn.Module):
@@ -95,6 +140,22 @@ class LM(nn.Module):
     def _init(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.cfg.init_std)
+        elif isinstance(module, MoE):
+            nn.init.normal_(module.gate_up, std=self.cfg.init_std)
+            nn.init.normal_(module.down, std=self.cfg.init_std)
+
+    def packing(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None) -> Packing:
+        B, T = input_ids.shape
+        if cu_seqlens is not None and cu_seqlens.numel() == B + 1:
+            check_cu_seqlens(cu_seqlens, B, T)
+            cu_seqlens = None  # one document per row: plain causal rows
+        if cu_seqlens is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+            return Packing(rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rope_theta))
+        check_cu_seqlens(cu_seqlens, B, T)
+        positions = document_positions(cu_seqlens, B, T)
+        rope = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rope_theta)
+        return Packing(rope, cu_seqlens, document_ids(cu_seqlens, B, T))
 
     def forward(
         self,
@@ -104,26 +165,51 @@ class LM(nn.Module):
     ) -> LMOutput:
         """input_ids, labels [B, T] (labels already shifted: the target of position t; -100 = ignore);
         cu_seqlens [N + 1] over the flattened B·T tokens for packed documents (see mm.layers.packing)."""
-        B, T = input_ids.shape
-        if cu_seqlens is None:
-            doc_ids = None
-            positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        else:
-            check_cu_seqlens(cu_seqlens, B, T)
-            doc_ids = document_ids(cu_seqlens, B, T)
-            positions = document_positions(cu_seqlens, B, T)
-        rope = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rope_theta)
+        packing = self.packing(input_ids, cu_seqlens)
         x = self.embed_tokens(input_ids)
+        stats = []
         for layer in self.layers:
-            x = layer(x, rope, doc_ids)
-        logits = self.lm_head(self.norm(x))
-        if labels is None:
-            return LMOutput(logits)
-        return LMOutput(logits, *token_cross_entropy(logits, labels))
+            x, layer_stats = layer(x, packing)
+            if layer_stats is not None:
+                stats.append(layer_stats)
+        out = LMOutput(self.lm_head(self.norm(x)))
+        if stats:
+            out.aux_loss = torch.stack([s.aux_loss for s in stats]).mean()
+            out.z_loss = torch.stack([s.z_loss for s in stats]).mean()
+            out.tokens_per_expert = torch.stack([s.tokens_per_expert for s in stats])
+            out.dropped = torch.stack([s.dropped for s in stats]).sum()
+        if labels is not None:
+            out.lm_loss, out.num_tokens = token_cross_entropy(out.logits, labels)
+            out.loss = out.lm_loss
+            if stats:
+                out.loss = out.loss + self.cfg.router_aux_coef * out.aux_loss + self.cfg.router_z_coef * out.z_loss
+        return out
+
+
+    def generate(self, prompts: list[list[int]], cfg=None) -> list[list[int]]:
+        """Continue token-id prompts (see :func:`mm.models.lm_generate.generate`)."""
+        from mm.models.lm_generate import generate
+
+        return generate(self, prompts, cfg)
+
+
+def from_hf(path) -> LM:
+    """Load a Hugging Face ``minimax`` directory (config.json + safetensors, sharded or not)."""
+    from mm.models.lm_hf import load_hf
+
+    return load_hf(path)
+
+
+def to_hf(model: LM, path, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write ``model`` as a Hugging Face ``minimax`` directory that transformers loads."""
+    from mm.models.lm_hf import save_hf
+
+    save_hf(model, path, max_shard_bytes)
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over labels != -100, in float32; 0 (not NaN) when every label is ignored."""
-    losses = nn.functional.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    losses = nn.functional.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100,
+                                         reduction="sum")
     count = int((labels != -100).sum())
     return losses / max(count, 1), count

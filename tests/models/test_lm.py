@@ -29,17 +29,23 @@ def test_all_labels_masked_gives_zero_loss_not_nan():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_causal():
-    model = LM(tiny()).eval()
+HYBRID = dict(attn_type_list=["lightning", "softmax"], experts=4, top_k=2)
+VARIANTS = {"dense-softmax": {}, "hybrid-moe": HYBRID, "lightning": dict(attn_type_list=["lightning", "lightning"])}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causal(variant):
+    model = LM(tiny(**VARIANTS[variant])).eval()
     ids = torch.randint(0, 50, (1, 12))
     changed = ids.clone()
     changed[0, 8:] = (changed[0, 8:] + 1) % 50
     torch.testing.assert_close(model(ids).logits[:, :8], model(changed).logits[:, :8])
 
 
-def test_packed_documents_do_not_leak():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_packed_documents_do_not_leak(variant):
     """Two documents packed in one row give the logits of each run alone (positions restart too)."""
-    model = LM(tiny()).eval()
+    model = LM(tiny(**VARIANTS[variant])).eval()
     a, b = torch.randint(0, 50, (1, 5)), torch.randint(0, 50, (1, 9))
     packed = model(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 14])).logits
     torch.testing.assert_close(packed[:, :5], model(a).logits, rtol=1e-5, atol=1e-5)
@@ -62,9 +68,20 @@ def test_config_errors(bad, message):
         tiny(**bad)
 
 
-def test_learns_a_repeating_pattern():
+def test_moe_output_carries_router_figures():
+    model = LM(tiny(**HYBRID))
+    ids = torch.randint(0, 50, (2, 9))
+    out = model(ids, labels=ids)
+    assert out.tokens_per_expert.shape == (2, 4) and int(out.tokens_per_expert.sum()) == 2 * 18 * 2
+    torch.testing.assert_close(out.loss, out.lm_loss + 0.001 * out.aux_loss)
+    out.loss.backward()
+    assert model.layers[0].mlp.gate.weight.grad.abs().sum() > 0, "the aux loss must reach the router"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_learns_a_repeating_pattern(variant):
     torch.manual_seed(0)
-    model = LM(tiny())
+    model = LM(tiny(**VARIANTS[variant]))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     ids = torch.arange(24).remainder(6).expand(4, 24) + 3
     first = None

@@ -1,0 +1,132 @@
+"""Decoding for :class:`mm.models.lm.LM`: packed prefill, then one token at a time from caches.
+
+Lightning layers carry one [H, d, d] state per sequence (memory constant in context length);
+softmax layers a KV cache. Prompts of different lengths are prefilled packed (no padding enters
+any state), then each row decodes at its own position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mm.layers.rotary import rotary_cos_sin
+from mm.models.lm import LM
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens whose probability reaches top_p
+    eos_id: int | None = None  # a row stops after producing it
+    seed: int | None = None  # sampling generator seed (None: torch's global RNG)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"bad generation settings: max_new_tokens={self.max_new_tokens}, "
+                             f"temperature={self.temperature}, top_p={self.top_p}")
+
+
+@dataclass
+class DecodeCache:
+    lengths: torch.Tensor  # [B] tokens seen per row
+    states: dict[int, torch.Tensor] = field(default_factory=dict)  # lightning layer -> [B, H, d, d] fp32
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # softmax layer -> [B, H_kv, capacity, d]
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def prefill(model: LM, prompts: list[list[int]], capacity: int) -> tuple[DecodeCache, torch.Tensor]:
+    """Run the prompts packed in one row; return the caches and each prompt's last logits [B, V]."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = model.embed_tokens.weight.device
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    ids = torch.tensor([t for p in prompts for t in p], device=device)[None]  # [1, total]
+    cu_seqlens = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    packing = model.packing(ids, cu_seqlens)
+    doc = torch.repeat_interleave(torch.arange(len(prompts), device=device), lengths)  # [total] prompt of each token
+    pos = torch.arange(ids.shape[1], device=device) - cu_seqlens[doc]  # position inside its prompt
+    cache = DecodeCache(lengths.clone())
+    x = model.embed_tokens(ids)
+    for i, layer in enumerate(model.layers):
+        h = layer.input_layernorm(x)
+        if layer.kind == "lightning":
+            attn, cache.states[i] = layer.self_attn(h, cu_seqlens=cu_seqlens)
+        else:
+            attn, (k, v) = layer.self_attn(h, packing.rope, packing.cu_seqlens, packing.doc_ids, return_kv=True)
+            shape = (len(prompts), k.shape[1], capacity, k.shape[3])  # k [1, H_kv, total, d]
+            cache.keys[i], cache.values[i] = k.new_zeros(shape), v.new_zeros(shape)
+            cache.keys[i][doc, :, pos] = k[0].transpose(0, 1)
+            cache.values[i][doc, :, pos] = v[0].transpose(0, 1)
+        x, _ = layer.feed_forward(layer.alpha * h + layer.beta * attn)
+    last = cu_seqlens[1:] - 1
+    logits = model.lm_head(model.norm(x[0, last]))
+    return cache, logits
+
+
+@torch.no_grad()
+def decode_step(model: LM, cache: DecodeCache, tokens: torch.Tensor) -> torch.Tensor:
+    """Feed one token per row (tokens [B]) at each row's own position; returns logits [B, V]."""
+    B = tokens.shape[0]
+    rows = torch.arange(B, device=tokens.device)
+    positions = cache.lengths
+    rope = rotary_cos_sin(positions[:, None], model.cfg.rotary_dim, model.cfg.rope_theta)  # [B, 1, r/2]
+    x = model.embed_tokens(tokens)[:, None]  # [B, 1, hidden]
+    for i, layer in enumerate(model.layers):
+        h = layer.input_layernorm(x)
+        if layer.kind == "lightning":
+            attn, cache.states[i] = layer.self_attn.step(h[:, 0], cache.states[i])
+            attn = attn[:, None]
+        else:
+            q, k, v = layer.self_attn.qkv(h, rope)  # q [B, H, 1, d], k/v [B, Hkv, 1, d]
+            keys, values = cache.keys[i], cache.values[i]
+            if int(positions.max()) >= keys.shape[2]:
+                raise ValueError(f"decode cache full: capacity {keys.shape[2]} tokens")
+            keys[rows, :, positions] = k[:, :, 0]
+            values[rows, :, positions] = v[:, :, 0]
+            valid = torch.arange(keys.shape[2], device=x.device)[None] <= positions[:, None]  # [B, capacity]
+            attn = layer.self_attn.output(q, keys, values, valid[:, None])
+        x, _ = layer.feed_forward(layer.alpha * h + layer.beta * attn)
+    cache.lengths = cache.lengths + 1
+    return model.lm_head(model.norm(x[:, 0]))
+
+
+def sample(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits [B, V] -> next tokens [B] (greedy, or temperature + top-p sampling)."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    probs = (logits.float() / cfg.temperature).softmax(-1)
+    if cfg.top_p < 1:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= cfg.top_p  # mass before this token already enough
+        sorted_probs = sorted_probs.masked_fill(outside, 0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(model: LM, prompts: list[list[int]], cfg: GenerationConfig | None = None) -> list[list[int]]:
+    """Continue each prompt; returns the new tokens of each row (up to and including eos_id)."""
+    cfg = cfg or GenerationConfig()
+    was_training = model.training
+    model.eval()
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(model.embed_tokens.weight.device).manual_seed(cfg.seed)
+    cache, logits = prefill(model, prompts, capacity=max(map(len, prompts)) + cfg.max_new_tokens)
+    out: list[list[int]] = [[] for _ in prompts]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=logits.device)
+    for step in range(cfg.max_new_tokens):
+        tokens = sample(logits, cfg, generator)
+        for row in (~done).nonzero()[:, 0].tolist():
+            out[row].append(int(tokens[row]))
+        if cfg.eos_id is not None:
+            done |= tokens == cfg.eos_id
+        if bool(done.all()) or step == cfg.max_new_tokens - 1:
+            break
+        logits = decode_step(model, cache, tokens)
+    model.train(was_training)
+    return out
