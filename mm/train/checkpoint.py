@@ -90,7 +90,7 @@ class CheckpointManager:
         if not path.is_dir():
             raise CheckpointError(f"--resume {spec}: not a checkpoint directory")
         if not is_complete(path):
-            raise CheckpointError(f"--resume {spec}: incomplete checkpoint (no {MARKER} marker); it was not fully written")
+            raise CheckpointError(f"--resume {spec}: incomplete checkpoint (no {MARKER} marker): not fully written")
         return path
 
     def save(self, step: int, model: nn.Module, train_state: dict, config_yaml: str) -> Path:
@@ -138,7 +138,9 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
     except RuntimeError as err:  # shape mismatch
         raise CheckpointError(f"{file}: does not fit the model: {err}") from None
     if missing or unexpected:
-        raise CheckpointError(f"{file}: keys differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        raise CheckpointError(
+            f"{file}: keys differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
 
 
 def load_train_state(path: str | Path) -> dict:

@@ -25,7 +25,8 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
 
     def __post_init__(self):
-        _check(self.precision in ("auto", "fp32", "bf16"), f"run.precision must be auto|fp32|bf16, got {self.precision!r}")
+        _check(self.precision in ("auto", "fp32", "bf16"),
+               f"run.precision must be auto|fp32|bf16, got {self.precision!r}")
 
 
 @dataclass

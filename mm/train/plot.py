@@ -41,7 +41,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, max_panels: int = 12)
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         for run, curves in runs.items():
             for (split, name), (steps, values) in sorted(curves.items()):
                 if name == metric:
@@ -49,7 +49,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, max_panels: int = 12)
                     ax.plot(steps, values, marker="o" if len(steps) < 20 else None, ms=3, label=label)
         ax.set_title(metric)
         ax.set_xlabel("step")
-        if "loss" in metric and all(v > 0 for c in runs.values() for (_, n), (_, vs) in c.items() if n == metric for v in vs):
+        values = [v for c in runs.values() for (_, name), (_, vs) in c.items() if name == metric for v in vs]
+        if "loss" in metric and all(v > 0 for v in values):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

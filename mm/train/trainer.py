@@ -74,7 +74,8 @@ def _preserved_rng():
 class _Window:
     """Running sums between two log events."""
 
-    def __init__(self):
+    def __init__(self, unit: str):
+        self.rate_key = f"{unit}_per_s"
         self.reset()
 
     def reset(self):
@@ -93,7 +94,7 @@ class _Window:
         seconds = max(time.perf_counter() - self.start, 1e-9)
         n = max(self.loss_steps, 1)
         loss = self.loss_sum / self.loss_steps if self.loss_steps else float("nan")
-        return {"loss": loss, "units_per_s": self.units / seconds, **{k: v / n for k, v in self.extra.items()}}
+        return {"loss": loss, self.rate_key: self.units / seconds, **{k: v / n for k, v in self.extra.items()}}
 
 
 class Trainer:
@@ -188,7 +189,7 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(self.config_yaml)
         log = RunLog(self.run_dir, resume_step=self.step if resumed_from else None)
         loop = self.cfg.train
-        window, consecutive_bad = _Window(), 0
+        window, consecutive_bad = _Window(self.recipe.unit), 0
         last_loss, eval_metrics, checkpoint = None, {}, None
         batches = iter(self.data)
         bar = tqdm(total=loop.steps, initial=self.step, disable=not loop.progress, desc="train", dynamic_ncols=True)
@@ -207,7 +208,8 @@ class Trainer:
                         lr = self.optimizer.param_groups[0]["lr"]
                         log.log(self.step, {**summary, "lr": lr, "grad_norm": grad_norm,
                                             "nonfinite_steps": self.nonfinite_total, **self._data_metrics()})
-                        bar.set_postfix(loss=f"{last_loss:.4f}", **{f"{self.recipe.unit}/s": f"{summary['units_per_s']:.0f}"})
+                        rate = {f"{self.recipe.unit}/s": f"{summary[window.rate_key]:.0f}"}
+                        bar.set_postfix(loss=f"{last_loss:.4f}", **rate)
                         window.reset()
                     if consecutive_bad >= loop.max_nonfinite:
                         latest = self.checkpoints.latest()

@@ -30,7 +30,7 @@ def test_layout_and_roundtrip(tmp_path):
     assert torch.equal(load_file(path / "model.safetensors")["0.weight"], m[0].weight)
     fresh = model()
     load_weights(path, fresh)
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values(), strict=True))
     state = load_train_state(path)
     assert state["step"] == 7 and torch.equal(state["blob"], torch.arange(8))
 

@@ -63,7 +63,7 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path):
     load_weights(clean.run_dir / "checkpoints" / "step_00000002", after2)
     final = make(tmp_path, "y", "train.steps=3").recipe.build_model()
     load_weights(bad.checkpoint, final)
-    assert all(torch.equal(p, q) for p, q in zip(after2.parameters(), final.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(after2.parameters(), final.parameters(), strict=True))
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
@@ -79,7 +79,7 @@ def test_run_directory_outputs(tmp_path):
     assert "recipe: toy" in (run / "config.yaml").read_text()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in records} == {"train", "eval"}
-    assert {"loss", "lr", "grad_norm", "units_per_s", "nonfinite_steps"} <= set(records[0])
+    assert {"loss", "lr", "grad_norm", "samples_per_s", "nonfinite_steps"} <= set(records[0])
     assert list((run / "tb").iterdir()), "TensorBoard event files expected"
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = losses(run)

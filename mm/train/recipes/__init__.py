@@ -1,0 +1,1 @@
+"""Built-in recipes; each registers itself in mm.train.recipe.RECIPES by name."""

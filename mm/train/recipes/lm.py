@@ -1,0 +1,114 @@
+"""Recipe `lm`: next-token language modelling on packed text shards."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from data_pipelines.readers.text import TextReaderConfig, build_text_reader
+from data_pipelines.stream import StreamConfig
+from data_pipelines.tokenizers import load_tokenizer
+from mm.models.lm import LM, LMConfig
+from mm.train.config import RecipeConfig
+from mm.train.recipe import Recipe, StepOutput
+
+
+@dataclass
+class LMEvalConfig:
+    shards: list[str] = field(default_factory=list)  # held-out text shards; empty: no evaluation
+    batches: int = 16  # held-out batches (of data.stream.batch_size rows of data.seq_len tokens)
+
+    def __post_init__(self):
+        if self.batches < 1:
+            raise ValueError(f"eval.batches must be >= 1, got {self.batches}")
+
+
+@dataclass
+class LMRecipeConfig(RecipeConfig):
+    recipe: str = "lm"
+    tokenizer: str = "byte"  # "byte" (no files needed) or a tokenizer.json (e.g. from `mm tokenizer train`)
+    tokenizer_eos: str | None = None  # end-of-text token of a tokenizer.json (default: <eos>, </s>, ...)
+    model: LMConfig = field(default_factory=LMConfig)
+    data: TextReaderConfig = field(default_factory=TextReaderConfig)
+    eval: LMEvalConfig = field(default_factory=LMEvalConfig)
+
+
+def router_metrics(out) -> dict[str, float]:
+    """Load figures of the MoE layers: worst expert's load over the mean, dropped share, aux losses."""
+    if out.tokens_per_expert is None:
+        return {}
+    load = out.tokens_per_expert.float()  # [layers, E]
+    return {
+        "lm_loss": out.lm_loss.item(),
+        "router/aux_loss": out.aux_loss.item(),
+        "router/z_loss": out.z_loss.item(),
+        "router/max_load": (load.max(-1).values / load.mean(-1).clamp(min=1e-9)).mean().item(),
+        "router/dropped_frac": (out.dropped.float() / load.sum().clamp(min=1)).item(),
+    }
+
+
+class LMRecipe(Recipe):
+    config_cls = LMRecipeConfig
+    unit = "tok"
+
+    def __init__(self, cfg: LMRecipeConfig):
+        super().__init__(cfg)
+        self.tokenizer = load_tokenizer(cfg.tokenizer, cfg.tokenizer_eos)
+        if cfg.model.vocab_size < self.tokenizer.vocab_size:
+            raise ValueError(f"model.vocab_size {cfg.model.vocab_size} is below the tokenizer's vocabulary "
+                             f"({self.tokenizer.vocab_size}, {cfg.tokenizer})")
+        self._unigram_loss: float | None = None
+
+    def build_model(self) -> nn.Module:
+        return LM(self.cfg.model)
+
+    def build_train_data(self):
+        return build_text_reader(self.cfg.data, self.tokenizer)
+
+    def loss(self, model: nn.Module, batch: dict) -> StepOutput:
+        out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch["cu_seqlens"])
+        return StepOutput(out.loss, out.num_tokens, router_metrics(out))
+
+    def _heldout_batches(self):
+        """The first ``eval.batches`` batches of one ordered pass over the held-out shards."""
+        stream = StreamConfig(shards=list(self.cfg.eval.shards), batch_size=self.cfg.data.stream.batch_size,
+                              resample=False, samples_per_epoch=0, shuffle_buffer=0, shuffle_shards=False,
+                              num_workers=0, rank=0, world_size=1)
+        reader = build_text_reader(TextReaderConfig(stream=stream, seq_len=self.cfg.data.seq_len,
+                                                    text_key=self.cfg.data.text_key), self.tokenizer)
+        for i, batch in enumerate(reader):
+            if i == self.cfg.eval.batches:
+                break
+            yield batch
+
+    def unigram_loss(self) -> float:
+        """Cross-entropy (nats/token) of held-out labels under add-one unigram counts of training text."""
+        if self._unigram_loss is None:
+            counts: Counter[int] = Counter()
+            train = iter(build_text_reader(self.cfg.data, self.tokenizer))
+            for _ in range(self.cfg.eval.batches):
+                counts.update(next(train)["input_ids"].flatten().tolist())
+            total = sum(counts.values()) + self.cfg.model.vocab_size
+            nll, n = 0.0, 0
+            for batch in self._heldout_batches():
+                labels = batch["labels"][batch["labels"] != -100].tolist()
+                nll -= sum(math.log((counts[t] + 1) / total) for t in labels)
+                n += len(labels)
+            self._unigram_loss = nll / max(n, 1)
+        return self._unigram_loss
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        if not self.cfg.eval.shards:
+            return {}
+        nll, n = 0.0, 0
+        for batch in self._heldout_batches():
+            out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
+                        cu_seqlens=batch["cu_seqlens"].to(device))
+            nll += out.loss.item() * out.num_tokens
+            n += out.num_tokens
+        loss = nll / max(n, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "unigram_loss": self.unigram_loss()}

@@ -1,0 +1,53 @@
+"""mm train: train a recipe from a YAML config with dotted overrides."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tools.cli import UsageError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a recipe from a YAML config",
+        description="Train the recipe a YAML config names. Example: "
+        "mm train configs/lm_tiny.yaml optim.lr=3e-4 train.steps=200",
+    )
+    p.add_argument("config", help="YAML recipe, e.g. configs/lm_tiny.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--resume", metavar="latest|PATH",
+                   help="continue from the run's latest complete checkpoint, or from a checkpoint directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mm.config import ConfigError, to_yaml
+    from mm.train.checkpoint import CheckpointError
+    from mm.train.recipe import get_recipe, load_recipe_config
+    from mm.train.trainer import Trainer, TrainingDiverged
+
+    try:
+        cfg = load_recipe_config(args.config, args.overrides)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    trainer = Trainer(get_recipe(cfg.recipe)(cfg))
+    try:
+        result = trainer.fit(resume=args.resume)
+    except (CheckpointError, TrainingDiverged) as err:
+        print(f"mm train: error: {err}", file=sys.stderr)
+        return 1
+    if result.interrupted_by is not None:
+        print(f"stopped by signal {result.interrupted_by} at step {result.step}; checkpoint {result.checkpoint}\n"
+              f"continue with: mm train {args.config} {' '.join(args.overrides)} --resume latest", file=sys.stderr)
+        return 128 + result.interrupted_by
+    print(f"run: {result.run_dir}  steps: {result.step}  train loss: {result.train_loss:.4f}")
+    for key, value in result.eval_metrics.items():
+        print(f"  eval {key}: {value:.4f}")
+    print(f"checkpoint: {result.checkpoint}\ncurves: {result.run_dir / 'curves.png'}")
+    return 0
