@@ -17,8 +17,9 @@ def test_rotary_matches_pairwise_rotation():
         for i in range(r // 2):
             angle = t * 100.0 ** (-2 * i / r)
             x1, x2 = x[:, t, :, i], x[:, t, :, i + r // 2]
-            torch.testing.assert_close(y[:, t, :, i], x1 * math.cos(angle) - x2 * math.sin(angle), rtol=1e-6, atol=1e-6)
-            torch.testing.assert_close(y[:, t, :, i + r // 2], x2 * math.cos(angle) + x1 * math.sin(angle), rtol=1e-6, atol=1e-6)
+            c, s = math.cos(angle), math.sin(angle)
+            torch.testing.assert_close(y[:, t, :, i], x1 * c - x2 * s, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(y[:, t, :, i + r // 2], x2 * c + x1 * s, rtol=1e-6, atol=1e-6)
     assert torch.equal(y[..., r:], x[..., r:])  # dims beyond rotary_dim untouched
 
 
