@@ -18,6 +18,7 @@ environment lookups.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,16 @@ class StreamConfig:
             raise ValueError(f"worker_timeout_s must be > 0, got {self.worker_timeout_s}")
         if self.rank is not None and self.world_size is not None and not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world_size {self.world_size}")
+
+
+def one_pass(shards, batch_size: int = 32, **overrides) -> StreamConfig:
+    """Every sample once, in shard order, in the calling process: for evaluation and inspection.
+
+    ``shards`` is one spec or a list; ``overrides`` set any other :class:`StreamConfig` field.
+    """
+    specs = [str(shards)] if isinstance(shards, (str, os.PathLike)) else [str(s) for s in shards]
+    fields = dict(resample=False, samples_per_epoch=0, shuffle_buffer=0, shuffle_shards=False, num_workers=0)
+    return StreamConfig(shards=specs, batch_size=batch_size, **{**fields, **overrides})
 
 
 def derive_seed(*parts) -> int:

@@ -14,24 +14,11 @@ from data_pipelines.readers.image_text import ImageTextReaderConfig, build_image
 from data_pipelines.readers.text import TextReaderConfig, build_text_reader
 from data_pipelines.readers.video import VideoReaderConfig, build_video_reader
 from data_pipelines.readers.vqa import VQAReaderConfig, build_vqa_reader
-from data_pipelines.stream import StreamConfig
+from data_pipelines.stream import one_pass
 from data_pipelines.synthetic.av import AVSynthConfig, make_av_sample
 from data_pipelines.testing import take
 from data_pipelines.tokenizers import ByteTokenizer
 from tools.cli import main
-
-
-def one_pass(tmp, batch_size=4):
-    """Every sample once, in shard order (no resampling, no shuffle, main process)."""
-    return StreamConfig(
-        shards=[str(tmp)],
-        batch_size=batch_size,
-        resample=False,
-        samples_per_epoch=0,
-        shuffle_buffer=0,
-        shuffle_shards=False,
-        num_workers=0,
-    )
 
 
 def make_images(folder, n, size=40):
@@ -72,7 +59,7 @@ def test_image_folder_round_trip_with_skips(tmp_path, capsys):
     assert sorted(os.path.basename(s) for s, _ in report["skipped"]) == ["broken.jpg", "img02.png"]
 
     cfg = ImageTextReaderConfig(
-        stream=one_pass(out), image=ImageDecodeConfig(resize="none"), normalize="none", caption="first"
+        stream=one_pass(out, batch_size=4), image=ImageDecodeConfig(resize="none"), normalize="none", caption="first"
     )
     batches = take(build_image_text_reader(cfg, ByteTokenizer()))
     texts = [t for b in batches for t in b["text"]]
@@ -102,7 +89,8 @@ def test_csv_and_jsonl_image_text(tmp_path):
     for name, want in (("a", ["c0", "c1", "c2"]), ("b", ["j0", "j1", "j2"])):
         report = json.loads((tmp_path / name / "build_report.json").read_text())
         assert report["written"] == 3 and len(report["skipped"]) == 1
-        cfg = ImageTextReaderConfig(stream=one_pass(tmp_path / name), caption="first", image=ImageDecodeConfig(size=32))
+        cfg = ImageTextReaderConfig(stream=one_pass(tmp_path / name, batch_size=4), caption="first",
+                                    image=ImageDecodeConfig(size=32))
         (batch,) = take(build_image_text_reader(cfg))
         assert batch["text"] == want and batch["image"].shape == (3, 3, 32, 32)
 
@@ -114,7 +102,8 @@ def test_vqa_jsonl_round_trip(tmp_path):
     (tmp_path / "vqa.jsonl").write_text("\n".join(map(json.dumps, recs)))
     out = tmp_path / "shards"
     assert build("vqa", tmp_path / "vqa.jsonl", "-o", out) == 0
-    (batch,) = take(build_vqa_reader(VQAReaderConfig(stream=one_pass(out), image=ImageDecodeConfig(size=16))))
+    vqa = VQAReaderConfig(stream=one_pass(out, batch_size=4), image=ImageDecodeConfig(size=16))
+    (batch,) = take(build_vqa_reader(vqa))
     assert batch["question"] == ["q0?", "q1?", "q2?"]
     assert batch["answers"] == [["a", "b", "a"]] * 3 and batch["answer"] == ["a"] * 3
     assert json.loads((out / "build_report.json").read_text())["skipped"][0][1].startswith("bad_record")

@@ -15,7 +15,7 @@ from data_pipelines.errors import DataErrorRateExceeded, ErrorPolicy
 from data_pipelines.readers.image_text import ImageTextReader, ImageTextReaderConfig, build_image_text_reader
 from data_pipelines.readers.video import VideoReaderConfig, build_video_reader
 from data_pipelines.stateful import DataLoaderStalled, ResumableLoader, ShardStream
-from data_pipelines.stream import StreamConfig
+from data_pipelines.stream import StreamConfig, one_pass
 from data_pipelines.synthetic.av import AVSynthConfig, make_av_sample
 from data_pipelines.testing import take, write_samples
 
@@ -36,21 +36,6 @@ def bomb_png(width=30000, height=30000):
     crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
     return bytes(data)
-
-
-def one_pass(path, **kw):
-    """Every sample once, in order, in the main process; ``path`` is a folder or a list of shards."""
-    base = dict(
-        shards=path if isinstance(path, list) else [str(path)],
-        batch_size=1,
-        resample=False,
-        samples_per_epoch=0,
-        shuffle_buffer=0,
-        shuffle_shards=False,
-        num_workers=0,
-    )
-    base.update(kw)
-    return StreamConfig(**base)
 
 
 def read_all(stream_cfg):
@@ -85,7 +70,7 @@ def test_bad_samples_counted_by_reason_and_mid_member_truncation(tmp_path):
     _, data_at, _ = member_offsets(shard)["f25.jpg"]
     with open(shard, "r+b") as f:
         f.truncate(data_at + 10)  # cut inside sample f25's image
-    keys, counts = read_all(one_pass(tmp_path))
+    keys, counts = read_all(one_pass(tmp_path, batch_size=1))
     lost = {5, 12, 17, 25, 26, 27, 28, 29}
     assert keys == [f"f{i:02d}" for i in range(30) if i not in lost]
     assert counts == {
@@ -99,7 +84,7 @@ def test_truncation_at_a_header_boundary_is_detected(tmp_path):
     header_at, _, _ = member_offsets(shard)["f25.jpg"]
     with open(shard, "r+b") as f:
         f.truncate(header_at)  # tarfile alone would call this a normal end of archive
-    keys, counts = read_all(one_pass(tmp_path))
+    keys, counts = read_all(one_pass(tmp_path, batch_size=1))
     # f24 may have lost members after the cut: the sample being read at the cut is dropped
     assert keys[-1] == "f23" and counts["errors"]["tar_truncated"] == 1
 
@@ -107,7 +92,7 @@ def test_truncation_at_a_header_boundary_is_detected(tmp_path):
 def test_oversized_member_and_missing_shard(tmp_path):
     write_samples(tmp_path, [{"__key__": f"m{i}", "jpg": jpeg(i) + b"\0" * (2000 * i), "txt": "c"} for i in range(4)])
     keys, counts = read_all(
-        one_pass([str(tmp_path / "shard-000000.tar"), str(tmp_path / "gone.tar")], max_member_bytes=3000)
+        one_pass([str(tmp_path / "shard-000000.tar"), str(tmp_path / "gone.tar")], max_member_bytes=3000, batch_size=1)
     )
     assert keys == ["m0", "m1"]
     assert counts["errors"] == {"member_too_large": 2, "shard_open": 1}
@@ -119,7 +104,7 @@ def test_zero_byte_and_corrupt_video(tmp_path):
     samples[1]["mp4"] = b""
     samples[2]["mp4"] = samples[2]["mp4"][:300]  # truncated container
     write_samples(tmp_path, samples)
-    rcfg = VideoReaderConfig(stream=one_pass(tmp_path))
+    rcfg = VideoReaderConfig(stream=one_pass(tmp_path, batch_size=1))
     src = build_video_reader(rcfg)
     keys = [k for b in take(src) for k in b["key"]]
     assert keys == ["av00000000", "av00000003"]
@@ -132,9 +117,9 @@ def test_error_rate_threshold_stops_the_run(tmp_path):
     write_samples(tmp_path, samples)
     policy = ErrorPolicy(max_error_rate=0.2, min_samples=10)
     with pytest.raises(DataErrorRateExceeded, match=r"bad_image.*max_error_rate"):
-        read_all(one_pass(tmp_path, errors=policy))
+        read_all(one_pass(tmp_path, errors=policy, batch_size=1))
     # the same data under a tolerant policy goes through, with the totals
-    _, counts = read_all(one_pass(tmp_path, errors=ErrorPolicy(max_error_rate=0.6, min_samples=10)))
+    _, counts = read_all(one_pass(tmp_path, errors=ErrorPolicy(max_error_rate=0.6, min_samples=10), batch_size=1))
     assert counts == {"good": 20, "errors": {"bad_image": 20}}
 
 
@@ -161,7 +146,7 @@ class HangingReader(ImageTextReader):
 def test_hanging_decoder_gives_clear_error(tmp_path):
     write_samples(tmp_path, [{"__key__": f"h{i}", "jpg": jpeg(i), "txt": "c"} for i in range(8)])
     cfg = ImageTextReaderConfig(
-        stream=one_pass(tmp_path, num_workers=1, worker_timeout_s=3.0), image=ImageDecodeConfig(size=8)
+        stream=one_pass(tmp_path, num_workers=1, worker_timeout_s=3.0, batch_size=1), image=ImageDecodeConfig(size=8)
     )
     src = ResumableLoader(ShardStream(cfg.stream, HangingReader(cfg)))
     got = []

@@ -13,7 +13,7 @@ from data_pipelines.decode.image import ImageDecodeConfig
 from data_pipelines.packing import IGNORE_INDEX
 from data_pipelines.readers.image_text import ImageTextReaderConfig, build_image_text_reader
 from data_pipelines.readers.text import TextReaderConfig, build_text_reader
-from data_pipelines.stream import StreamConfig
+from data_pipelines.stream import StreamConfig, one_pass
 from data_pipelines.testing import same_batch, take, write_samples
 from data_pipelines.tokenizers import ByteTokenizer
 from mm.layers.packing import document_positions
@@ -26,21 +26,9 @@ def jpeg(i, size=24):
     return buf.getvalue()
 
 
-def one_pass(path, batch_size=4, **kw):
-    return StreamConfig(
-        shards=[str(path)],
-        batch_size=batch_size,
-        resample=False,
-        samples_per_epoch=0,
-        shuffle_buffer=0,
-        shuffle_shards=False,
-        num_workers=0,
-        **kw,
-    )
-
-
 def image_text(path, **kw):
-    cfg = ImageTextReaderConfig(stream=one_pass(path, **kw), image=ImageDecodeConfig(size=16), caption="first")
+    stream = one_pass(path, **{"batch_size": 4, **kw})
+    cfg = ImageTextReaderConfig(stream=stream, image=ImageDecodeConfig(size=16), caption="first")
     return [k for b in take(build_image_text_reader(cfg)) for k in zip(b["key"], b["text"], strict=True)]
 
 
@@ -90,14 +78,14 @@ def test_pickle_members_are_never_loaded(tmp_path):
 
 def test_unsafe_urls_refused(tmp_path):
     with pytest.raises(ValueError, match="allow_pipe"):
-        build_image_text_reader(ImageTextReaderConfig(stream=one_pass("pipe:cat x.tar")))
+        build_image_text_reader(ImageTextReaderConfig(stream=one_pass("pipe:cat x.tar", batch_size=4)))
     with pytest.raises(ValueError, match="only local paths"):
-        build_image_text_reader(ImageTextReaderConfig(stream=one_pass("http://host/x.tar")))
+        build_image_text_reader(ImageTextReaderConfig(stream=one_pass("http://host/x.tar", batch_size=4)))
 
 
 def test_pipe_when_opted_in(tmp_path):
     write_samples(tmp_path, [{"__key__": f"p{i}", "jpg": jpeg(i), "txt": "c"} for i in range(3)])
-    cfg = one_pass(f"pipe:cat {tmp_path}/shard-000000.tar", allow_pipe=True)
+    cfg = one_pass(f"pipe:cat {tmp_path}/shard-000000.tar", allow_pipe=True, batch_size=4)
     cfg.shards = [f"pipe:cat {tmp_path}/shard-000000.tar"]
     got = take(build_image_text_reader(ImageTextReaderConfig(stream=cfg, image=ImageDecodeConfig(size=8))))
     assert got[0]["key"] == ["p0", "p1", "p2"]
@@ -118,7 +106,7 @@ def test_node_and_worker_split_covers_each_sample_once(tmp_path):
     write_samples(tmp_path, [{"__key__": f"n{i:02d}", "jpg": jpeg(i), "txt": "c"} for i in range(25)], maxcount=3)
     keys = []
     for rank in range(2):
-        cfg = one_pass(tmp_path, rank=rank, world_size=2)
+        cfg = one_pass(tmp_path, rank=rank, world_size=2, batch_size=4)
         cfg.num_workers = 2
         cfg.shuffle_shards = True
         keys.append({k for k, _ in image_text_cfg(cfg)})

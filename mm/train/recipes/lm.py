@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from data_pipelines.readers.text import TextReaderConfig, build_text_reader
-from data_pipelines.stream import StreamConfig
+from data_pipelines.stream import one_pass
 from data_pipelines.tokenizers import load_tokenizer
 from mm.models.lm import LM, LMConfig
 from mm.train.config import RecipeConfig
@@ -75,9 +75,7 @@ class LMRecipe(Recipe):
 
     def _heldout_batches(self):
         """The first ``eval.batches`` batches of one ordered pass over the held-out shards."""
-        stream = StreamConfig(shards=list(self.cfg.eval.shards), batch_size=self.cfg.data.stream.batch_size,
-                              resample=False, samples_per_epoch=0, shuffle_buffer=0, shuffle_shards=False,
-                              num_workers=0, rank=0, world_size=1)
+        stream = one_pass(self.cfg.eval.shards, self.cfg.data.stream.batch_size, rank=0, world_size=1)
         reader = build_text_reader(TextReaderConfig(stream=stream, seq_len=self.cfg.data.seq_len,
                                                     text_key=self.cfg.data.text_key), self.tokenizer)
         for i, batch in enumerate(reader):
