@@ -33,19 +33,20 @@ class LightningAttention(nn.Module):
         o = self.norm(o.reshape(*x.shape[:-1], self.heads * self.head_dim))
         return self.out_proj(torch.sigmoid(self.output_gate(x)) * o)
 
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
-                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, state: torch.Tensor | None = None,
+                return_state: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, T, hidden]; cu_seqlens over the flattened B·T tokens (packed documents) or a
-        starting state [B, H, d, d]. Returns (y [B, T, hidden], final state [B or N, H, d, d] fp32)."""
+        starting state [B, H, d, d]. Returns (y [B, T, hidden], the final state [B or N, H, d, d] in
+        float32 when ``return_state``, else None)."""
         B, T, _ = x.shape
         q, k, v = self._qkv(x)  # [B, T, H, d] each
         if cu_seqlens is not None:
             # Packed: every document (and row) starts from a zero state; run all rows as one sequence.
             flat = (t.reshape(1, B * T, self.heads, self.head_dim) for t in (q, k, v))
-            o, final = lightning_attn(*flat, self.slopes, cu_seqlens=cu_seqlens, output_final_state=True)
+            o, final = lightning_attn(*flat, self.slopes, cu_seqlens=cu_seqlens, output_final_state=return_state)
             o = o.view(B, T, self.heads, self.head_dim)
         else:
-            o, final = lightning_attn(q, k, v, self.slopes, initial_state=state, output_final_state=True)
+            o, final = lightning_attn(q, k, v, self.slopes, initial_state=state, output_final_state=return_state)
         return self._output(o, x), final
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ class GenerationConfig:
 @dataclass
 class DecodeCache:
     lengths: torch.Tensor  # [B] tokens seen per row
+    steps_left: int  # tokens the KV caches can still take (capacity - longest prompt), checked without a sync
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # lightning layer -> [B, H, d, d] fp32
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # softmax layer -> [B, H_kv, capacity, d]
     values: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -49,12 +50,12 @@ def prefill(model: LM, prompts: list[list[int]], capacity: int) -> tuple[DecodeC
     packing = model.packing(ids, cu_seqlens)
     doc = torch.repeat_interleave(torch.arange(len(prompts), device=device), lengths)  # [total] prompt of each token
     pos = torch.arange(ids.shape[1], device=device) - cu_seqlens[doc]  # position inside its prompt
-    cache = DecodeCache(lengths.clone())
+    cache = DecodeCache(lengths.clone(), steps_left=capacity - max(len(p) for p in prompts))
     x = model.embed_tokens(ids)
     for i, layer in enumerate(model.layers):
         h = layer.input_layernorm(x)
         if layer.kind == "lightning":
-            attn, cache.states[i] = layer.self_attn(h, cu_seqlens=cu_seqlens)
+            attn, cache.states[i] = layer.self_attn(h, cu_seqlens=cu_seqlens, return_state=True)
         else:
             attn, (k, v) = layer.self_attn(h, packing.rope, packing.cu_seqlens, packing.doc_ids, return_kv=True)
             shape = (len(prompts), k.shape[1], capacity, k.shape[3])  # k [1, H_kv, total, d]
@@ -73,6 +74,8 @@ def decode_step(model: LM, cache: DecodeCache, tokens: torch.Tensor) -> torch.Te
     B = tokens.shape[0]
     rows = torch.arange(B, device=tokens.device)
     positions = cache.lengths
+    if cache.keys and cache.steps_left <= 0:
+        raise ValueError(f"decode cache full: {next(iter(cache.keys.values())).shape[2]} tokens per row")
     rope = rotary_cos_sin(positions[:, None], model.cfg.rotary_dim, model.cfg.rope_theta)  # [B, 1, r/2]
     x = model.embed_tokens(tokens)[:, None]  # [B, 1, hidden]
     for i, layer in enumerate(model.layers):
@@ -83,14 +86,13 @@ def decode_step(model: LM, cache: DecodeCache, tokens: torch.Tensor) -> torch.Te
         else:
             q, k, v = layer.self_attn.qkv(h, rope)  # q [B, H, 1, d], k/v [B, Hkv, 1, d]
             keys, values = cache.keys[i], cache.values[i]
-            if int(positions.max()) >= keys.shape[2]:
-                raise ValueError(f"decode cache full: capacity {keys.shape[2]} tokens")
             keys[rows, :, positions] = k[:, :, 0]
             values[rows, :, positions] = v[:, :, 0]
             valid = torch.arange(keys.shape[2], device=x.device)[None] <= positions[:, None]  # [B, capacity]
             attn = layer.self_attn.output(q, keys, values, valid[:, None])
         x, _ = layer.feed_forward(layer.alpha * h + layer.beta * attn)
     cache.lengths = cache.lengths + 1
+    cache.steps_left -= 1
     return model.lm_head(model.norm(x[:, 0]))
 
 

@@ -62,3 +62,10 @@ def test_sampling_is_seeded(model):
 def test_lightning_state_is_constant_in_context(model):
     cache, _ = prefill(model, [list(range(30))], capacity=40)
     assert cache.states[0].shape == (1, 4, 8, 8)
+
+
+def test_full_cache_is_an_error_not_a_silent_overwrite(model):
+    cache, logits = prefill(model, [[1, 2, 3]], capacity=4)
+    decode_step(model, cache, logits.argmax(-1))
+    with pytest.raises(ValueError, match="decode cache full"):
+        decode_step(model, cache, logits.argmax(-1))

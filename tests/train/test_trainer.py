@@ -84,3 +84,16 @@ def test_run_directory_outputs(tmp_path):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = losses(run)
     assert sum(curve[s] for s in (10, 11, 12)) < sum(curve[s] for s in (1, 2, 3)), "the toy regression should learn"
+
+
+def test_deterministic_switch_sets_torch_flags(tmp_path):
+    trainer = make(tmp_path, "det", "train.steps=1", "run.deterministic=true")
+    try:
+        trainer.fit()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        from mm.train.seed import set_deterministic
+
+        set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()
