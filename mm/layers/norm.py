@@ -1,4 +1,4 @@
-"""RMSNorm: y = x / sqrt(mean(x²) + eps) · g, computed in float32."""
+"""RMSNorm: y = x / sqrt(mean(x²) + eps) · g, computed in float32, returned in the input's dtype."""
 
 from __future__ import annotations
 
@@ -13,6 +13,6 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        # torch's own rms_norm: one fused kernel on GPU instead of five elementwise passes.
+        y = nn.functional.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        return y.to(x.dtype)

@@ -118,11 +118,15 @@ class DecoderLayer(nn.Module):
         h = self.post_attention_layernorm(x)
         out = self.mlp(h)
         y, stats = out if isinstance(out, tuple) else (out, None)
-        return self.alpha * h + self.beta * y, stats
+        return self.residual(h, y), stats
+
+    def residual(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """α·h + β·y in one kernel when β = 1 (MiniMax)."""
+        return torch.add(y if self.beta == 1 else self.beta * y, h, alpha=self.alpha)
 
     def forward(self, x: torch.Tensor, packing: Packing) -> tuple[torch.Tensor, RouterStats | None]:
         h = self.input_layernorm(x)
-        return self.feed_forward(self.alpha * h + self.beta * self.attend(h, packing))
+        return self.feed_forward(self.residual(h, self.attend(h, packing)))
 
 
 class LM(nn.Module):

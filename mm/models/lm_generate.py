@@ -62,7 +62,7 @@ def prefill(model: LM, prompts: list[list[int]], capacity: int) -> tuple[DecodeC
             cache.keys[i], cache.values[i] = k.new_zeros(shape), v.new_zeros(shape)
             cache.keys[i][doc, :, pos] = k[0].transpose(0, 1)
             cache.values[i][doc, :, pos] = v[0].transpose(0, 1)
-        x, _ = layer.feed_forward(layer.alpha * h + layer.beta * attn)
+        x, _ = layer.feed_forward(layer.residual(h, attn))
     last = cu_seqlens[1:] - 1
     logits = model.lm_head(model.norm(x[0, last]))
     return cache, logits
@@ -90,7 +90,7 @@ def decode_step(model: LM, cache: DecodeCache, tokens: torch.Tensor) -> torch.Te
             values[rows, :, positions] = v[:, :, 0]
             valid = torch.arange(keys.shape[2], device=x.device)[None] <= positions[:, None]  # [B, capacity]
             attn = layer.self_attn.output(q, keys, values, valid[:, None])
-        x, _ = layer.feed_forward(layer.alpha * h + layer.beta * attn)
+        x, _ = layer.feed_forward(layer.residual(h, attn))
     cache.lengths = cache.lengths + 1
     cache.steps_left -= 1
     return model.lm_head(model.norm(x[:, 0]))
