@@ -6,6 +6,7 @@ with a recipe config from ``configs/``, evaluates, and returns the figures for t
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +24,24 @@ class StageResult:
 
 
 def _train(config: str, run_dir: Path, overrides: list[str]):
+    """Train a recipe config; returns (the trainer, with its model, and the result)."""
     from mm.train.recipe import get_recipe, load_recipe_config
     from mm.train.trainer import Trainer
 
     cfg = load_recipe_config(CONFIGS / config, [f"run.dir={run_dir}", *overrides])
-    return Trainer(get_recipe(cfg.recipe)(cfg)).fit()
+    trainer = Trainer(get_recipe(cfg.recipe)(cfg))
+    return trainer, trainer.fit()
+
+
+def addition_accuracy(model, tokenizer, pairs: list[tuple[int, int]]) -> tuple[float, str]:
+    """Greedy completions of "a plus b is " checked against a + b; also one sample to show."""
+    from mm.models.lm_generate import GenerationConfig
+
+    prompts = [f"{a} plus {b} is " for a, b in pairs]
+    outs = model.generate([tokenizer.encode(p) for p in prompts], GenerationConfig(max_new_tokens=4))
+    answers = [tokenizer.decode(o).split(".")[0].strip() for o in outs]
+    correct = sum(ans == str(a + b) for ans, (a, b) in zip(answers, pairs, strict=True))
+    return correct / len(pairs), prompts[0] + tokenizer.decode(outs[0])
 
 
 def lm_stage(out: Path, fast: bool) -> StageResult:
@@ -44,8 +58,11 @@ def lm_stage(out: Path, fast: bool) -> StageResult:
     overrides = [f"data.stream.shards=[{data / 'train'}]", f"eval.shards=[{data / 'heldout'}]"]
     if fast:
         overrides += ["train.steps=20", "train.eval_every=0", "checkpoint.every=0", "eval.batches=2"]
-    result = _train("lm_tiny.yaml", out / "lm", overrides)
+    trainer, result = _train("lm_tiny.yaml", out / "lm", overrides)
     loss, unigram = result.eval_metrics["loss"], result.eval_metrics["unigram_loss"]
+    rng = random.Random(0)
+    pairs = [(rng.randrange(10), rng.randrange(10)) for _ in range(100)]
+    accuracy, sample = addition_accuracy(trainer.model, trainer.recipe.tokenizer, pairs)
     return StageResult(
         "lm",
         {
@@ -53,9 +70,11 @@ def lm_stage(out: Path, fast: bool) -> StageResult:
             "held-out loss (nats/byte)": f"{loss:.3f}",
             "unigram baseline": f"{unigram:.3f}",
             "loss / baseline": f"{loss / unigram:.2f}",
+            "'a plus b is' greedy accuracy (chance ≈ 0.05)": f"{accuracy:.2f}",
+            "sample": repr(sample),
             "run": str(result.run_dir),
         },
-        passed=loss < 0.8 * unigram,
+        passed=loss < 0.8 * unigram and accuracy > 0.2,  # well below the baseline, well above chance
     )
 
 
