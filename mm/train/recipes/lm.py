@@ -42,13 +42,13 @@ def router_metrics(out) -> dict[str, float]:
     if out.tokens_per_expert is None:
         return {}
     load = out.tokens_per_expert.float()  # [layers, E]
-    return {
-        "lm_loss": out.lm_loss.item(),
-        "router/aux_loss": out.aux_loss.item(),
-        "router/z_loss": out.z_loss.item(),
-        "router/max_load": (load.max(-1).values / load.mean(-1).clamp(min=1e-9)).mean().item(),
-        "router/dropped_frac": (out.dropped.float() / load.sum().clamp(min=1)).item(),
-    }
+    figures = torch.stack([
+        out.lm_loss.detach().float(), out.aux_loss.detach(), out.z_loss.detach(),
+        (load.max(-1).values / load.mean(-1).clamp(min=1e-9)).mean(),
+        out.dropped.float() / load.sum().clamp(min=1),
+    ]).tolist()  # one device-to-host copy per micro-batch, not five
+    names = ("lm_loss", "router/aux_loss", "router/z_loss", "router/max_load", "router/dropped_frac")
+    return dict(zip(names, figures, strict=True))
 
 
 class LMRecipe(Recipe):
