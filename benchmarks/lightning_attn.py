@@ -149,6 +149,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--sdpa-max", type=int, default=65536)
     p.add_argument("--rep-ms", type=int, default=200)
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows of an earlier run in --out (other d/T) and add this run's commands")
     p.add_argument("--full-check", action="store_true",
                    help="also check initial/final state and varlen against fla, and fp32 against float64 "
                         "(slow: fla autotunes its varlen/state kernels, fp32 kernels compile in ieee mode)")
@@ -173,6 +175,8 @@ def main() -> None:
             print(k, {n: f"{x:.1e}" for n, x in v.items()}, flush=True)
     impls = {"ours": ours_fn, "fla": fla_fn(), "sdpa": sdpa_fn}
     rows = []
+    if args.append:
+        meta, rows = appended(args.out, meta, args.dims, args.seqlens)
     for d in args.dims:
         slopes = build_slopes(args.heads, layer_idx=0, num_layers=8).to(dev)
         for T in args.seqlens:
@@ -192,6 +196,21 @@ def main() -> None:
             print("ours vs fla at the benchmark shape:", {n: f"{x:.1e}" for n, x in err.items()}, flush=True)
             write(args.out, meta, rows, time.time() - t_start)
     print(write(args.out, meta, rows, time.time() - t_start))
+
+
+def appended(out_dir: str, meta: dict, dims: list[int], seqlens: list[int]) -> tuple[dict, list[dict]]:
+    """Rows and metadata of an earlier run in `out_dir`, less the (d, T) this run measures again."""
+    with open(os.path.join(out_dir, "lightning_attn.json")) as fh:
+        old = json.load(fh)
+    if old["device"] != meta["device"] or old["versions"] != meta["versions"]:
+        raise SystemExit(f"--append: {out_dir} was measured on {old['device']} {old['versions']}, not here")
+    rows = [r for r in old["rows"] if not (r["d"] in dims and r["T"] in seqlens)]
+    meta = {**meta, "date": f"{old['date']} and {meta['date']}",
+            "command": f"{old['command']}` then `{meta['command']}"}
+    for key in ("agreement_with_fla", "correctness"):
+        if key in old:
+            meta[key] = old[key]
+    return meta, rows
 
 
 def write(out_dir: str, meta: dict, rows: list[dict], seconds: float) -> str:

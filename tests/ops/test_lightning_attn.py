@@ -253,3 +253,17 @@ def test_triton_on_cuda_against_reference():
                                 segment_len=seg)
         for x, r in zip(got, ref, strict=True):
             assert rel(x.cpu(), r) < 1e-5
+
+
+def test_segment_policy_splits_only_to_fill_the_device(monkeypatch):
+    """Split sequences only when (sequence, head) pairs leave multiprocessors idle (132 SMs here)."""
+    from mm.ops.lightning_attn import segments
+
+    monkeypatch.setattr(segments, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    assert segments.choose_segment_len(4096, 16, 16, 128, cuda) >= 4096  # 256 pairs: whole sequences
+    assert segments.choose_segment_len(2048, 16, 8, 128, cuda) >= 2048  # 128 pairs: close enough
+    assert segments.choose_segment_len(1 << 20, 1, 16, 128, cuda) == 131072  # 8 segments x 16 heads ~ 132 SMs
+    assert segments.choose_segment_len(65536, 1, 16, 64, cuda) == 4096  # e = 64: one tile, 264 pairs wanted
+    assert segments.choose_segment_len(16384, 4, 16, 128, cuda) == 8192  # 2 segments per sequence
+    assert segments.choose_segment_len(100, 1, 1, 128, cuda) == segments.ALIGN

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .segments import build_segments, choose_segment_len
+from .segments import build_segments
 from .triton_launch import run_output, segment_states, transposed
 
 
@@ -45,10 +45,8 @@ class LightningAttnFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, slopes, initial_state, cu_seqlens, output_final_state, segment_len):
         B, T, H, d = q.shape
         e = v.shape[-1]
-        if segment_len is None:
-            segment_len = choose_segment_len(B * T, H, e, q.device)
-        segs = build_segments(batch=B, seq_len=T, cu_seqlens=cu_seqlens, segment_len=segment_len,
-                              device=q.device)
+        segs = build_segments(batch=B, seq_len=T, cu_seqlens=cu_seqlens, num_heads=H, head_dim_v=e,
+                              device=q.device, segment_len=segment_len)
         qf, kf, vf = (x.contiguous().view(B * T, H, x.shape[-1]) for x in (q, k, v))
         h0 = None if initial_state is None else initial_state.contiguous()
         o, ht, s_in, s_strides = _forward(qf, kf, vf, slopes, h0, segs, output_final_state)
