@@ -7,10 +7,12 @@ Sections, each measured against its peer in the same run:
 - train: tokens/s, MFU and peak memory of a ~0.5B-total-parameter MoE LM (E = 8, top-2; MiniMax
   pattern: seven lightning layers then one softmax layer) at sequence length 2K / 8K / 32K, against
   the same shape with every layer softmax (SDPA flash). B·T = --tokens per step; AdamW; bf16 autocast.
+  With --compile each model also runs with its decoder layers under torch.compile (compile time
+  is spent in the warm-up steps, outside the timing).
   MFU = 6 · active non-embedding parameters · tokens/s / 989 TFLOP/s (H200 dense bf16 datasheet).
 - moe: the MoE layer alone (router + permute + grouped SwiGLU experts + unpermute, forward+backward,
   bf16) in TFLOP/s against a dense SwiGLU of the same active FLOPs and a Python loop over experts,
-  with even and skewed routing.
+  with even and skewed routing; with --compile also the layer under torch.compile.
 - decode: ms per generated token after a prompt of 1K / 16K / 128K tokens, hybrid vs all-softmax.
 - check: packed softmax attention through FlashAttention varlen (CUDA) against the masked path.
 """
@@ -29,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchmarks.common import time_ms, write_results  # noqa: E402
 from mm.layers.moe import MoE  # noqa: E402
 from mm.layers.swiglu import SwiGLU  # noqa: E402
-from mm.models.lm import LM, LMConfig  # noqa: E402
+from mm.models.lm import LM, LMConfig, compile_layers  # noqa: E402
 from mm.models.lm_generate import decode_step, prefill  # noqa: E402
 
 PEAK_FLOPS = 989e12
@@ -57,12 +59,15 @@ def active_params(model: LM) -> int:
     return total
 
 
-def train_row(variant: str, seq: int, args, dev) -> dict:
+def train_row(variant: str, compiled: bool, seq: int, args, dev) -> dict:
     torch.manual_seed(0)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     model = LM(model_config(variant, args.tiny)).to(dev)
+    if compiled:
+        torch._dynamo.reset()  # a fresh compile per row: no row falls back to eager at the recompile limit
+        compile_layers(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
     batch = max(1, args.tokens // seq)
     ids = torch.randint(0, model.cfg.vocab_size, (batch, seq + 1), device=dev)
@@ -78,7 +83,7 @@ def train_row(variant: str, seq: int, args, dev) -> dict:
     tok_s = batch * seq / (ms / 1e3)
     active = active_params(model)
     return {
-        "seq_len": seq, "model": variant, "batch": batch,
+        "seq_len": seq, "model": variant, "compiled": compiled, "batch": batch,
         "params (M)": sum(p.numel() for p in model.parameters()) / 1e6, "active non-emb (M)": active / 1e6,
         "step ms": ms, "tokens/s": tok_s, "MFU %": 100 * 6 * active * tok_s / PEAK_FLOPS,
         "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0,
@@ -89,12 +94,14 @@ def bench_train(args, dev) -> list[dict]:
     rows = []
     for seq in args.seqlens:
         for variant in ("hybrid", "all-softmax"):
-            rows.append(train_row(variant, seq, args, dev))
-            print(rows[-1], flush=True)
-    base = {r["model"]: r["tokens/s"] for r in rows if r["seq_len"] == args.seqlens[0]}
+            for compiled in (False, True) if args.compile else (False,):
+                rows.append(train_row(variant, compiled, seq, args, dev))
+                print(rows[-1], flush=True)
     for r in rows:
-        r["vs own shortest"] = r["tokens/s"] / base[r["model"]]
-        peer = next(p for p in rows if p["seq_len"] == r["seq_len"] and p["model"] == "all-softmax")
+        same = [p for p in rows if p["compiled"] == r["compiled"]]
+        own = next(p for p in same if p["seq_len"] == args.seqlens[0] and p["model"] == r["model"])
+        peer = next(p for p in same if p["seq_len"] == r["seq_len"] and p["model"] == "all-softmax")
+        r["vs own shortest"] = r["tokens/s"] / own["tokens/s"]
         r["vs all-softmax"] = r["tokens/s"] / peer["tokens/s"]
     return rows
 
@@ -135,6 +142,9 @@ def bench_moe(args, dev) -> list[dict]:
         grad = torch.randn(n, h, device=dev, dtype=dtype)
         counts = torch.bincount(moe.route(x)[2].flatten(), minlength=e)
         peers = {"ours (grouped)": lambda x, moe=moe: moe(x)[0], "python loop": LoopMoE(moe), "dense SwiGLU": dense}
+        if args.compile:
+            compiled = torch.compile(moe, dynamic=False)
+            peers["ours (compiled)"] = lambda x, compiled=compiled: compiled(x)[0]
         times = {}
         for name, fn in peers.items():
             times[name] = time_ms(lambda fn=fn, x=x, grad=grad: torch.autograd.backward(fn(x), grad),
@@ -143,7 +153,7 @@ def bench_moe(args, dev) -> list[dict]:
             rows.append({"routing": routing, "max/mean load": (counts.max() / counts.float().mean()).item(),
                          "impl": name, "fwd+bwd ms": ms, "TFLOP/s": flops / (ms / 1e3) / 1e12,
                          "vs dense": times["dense SwiGLU"] / ms})
-        print(rows[-3:], flush=True)
+        print(rows[-len(peers):], flush=True)
     return rows
 
 
@@ -204,6 +214,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 16384, 131072])
     parser.add_argument("--decode-tokens", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=8)
+    parser.add_argument("--compile", action="store_true", help="also time the MoE layer and each model compiled")
     args = parser.parse_args()
     if args.tiny:
         args.seqlens, args.tokens, args.contexts, args.repeat = [32, 64], 128, [16, 64], 2
@@ -216,7 +227,7 @@ def main() -> None:
         ("moe layer: forward+backward", args.only in (None, "moe"), lambda: bench_moe(args, dev),
          ["routing", "max/mean load", "impl", "fwd+bwd ms", "TFLOP/s", "vs dense"]),
         ("train: tokens/s and MFU", args.only in (None, "train"), lambda: bench_train(args, dev),
-         ["seq_len", "model", "batch", "params (M)", "active non-emb (M)", "step ms", "tokens/s", "MFU %",
+         ["seq_len", "model", "compiled", "batch", "params (M)", "active non-emb (M)", "step ms", "tokens/s", "MFU %",
           "peak GiB", "vs own shortest", "vs all-softmax"]),
         ("decode: ms per token", args.only in (None, "decode"), lambda: bench_decode(args, dev),
          ["model", "context", "ms/token", "cache MiB", "vs own 1st context"]),

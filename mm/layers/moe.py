@@ -1,15 +1,20 @@
 """Top-k mixture of SwiGLU experts, dropless by default (DESIGN §3).
 
-Router (float32): p = softmax(x W_gᵀ); the k largest p_e per token, renormalised to sum to 1.
-Expert e: w2_e(silu(w1_e x) ⊙ w3_e x). Tokens are sorted by expert and every expert runs in one
-grouped matmul (``mm.ops.grouped_mm``), never a Python loop over experts.
+Router (float32, also under autocast): p = softmax(x W_gᵀ); the k largest p_e per token,
+renormalised to sum to 1. Expert e: w2_e(silu(w1_e x) ⊙ w3_e x). The N·k assignments are sorted
+by expert (one sort), each token row is gathered once per assignment, every expert runs in one
+grouped matmul (``mm.ops.grouped_mm``) for [w1 | w3] and one for w2, and each token sums its k
+rows back. The routing weight scales the SwiGLU activation before w2 (w2 is linear, so this is
+weight · expert output). Shapes stay static and nothing waits on the device: no host syncs.
 
 Auxiliary losses, per layer (N tokens, E experts):
     load balance (Switch, as transformers' MiniMax/Mixtral):  E · Σ_e (c_e / N) · P_e,
         c_e = top-k assignments to e, P_e = mean_t p_e(t)   (= k under perfectly even routing)
     router z-loss:  mean_t logsumexp(logits_t)²
 With ``capacity_factor`` > 0 each expert takes at most ceil(cf · N · k / E) assignments, in token
-order; the rest are dropped (their contribution is zero) and counted.
+order; the rest are dropped (weight 0: no contribution, no gradient) and counted. Dropped rows
+still go through their expert's matmuls, which keeps the shapes static; the limit bounds what an
+expert contributes, not the compute.
 """
 
 from __future__ import annotations
@@ -32,6 +37,46 @@ class RouterStats:
     dropped: torch.Tensor  # assignments dropped by the capacity limit (scalar)
 
 
+def _spread(x: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """x [N, h] -> [A, h]: row p is x[token[p]]."""
+    return x.index_select(0, token)
+
+
+def _collect(rows: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+    """rows [A = N·k, h] sorted by expert -> [N, h]: token t sums its rows inverse[t·k : t·k + k]."""
+    return rows.index_select(0, inverse).view(-1, k, rows.shape[-1]).sum(1)
+
+
+class _Dispatch(torch.autograd.Function):
+    """Token rows to their assignments sorted by expert. The backward is :func:`_collect` (a gather
+    and a sum over k) rather than autograd's scatter-add: no atomics, deterministic."""
+
+    @staticmethod
+    def forward(ctx, x, token, inverse, k):
+        ctx.save_for_backward(inverse)
+        ctx.k = k
+        return _spread(x, token)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return _collect(grad, inverse, ctx.k), None, None, None
+
+
+class _Combine(torch.autograd.Function):
+    """Expert rows back to tokens, summed over the k assignments: the transpose of :class:`_Dispatch`."""
+
+    @staticmethod
+    def forward(ctx, rows, token, inverse, k):
+        ctx.save_for_backward(token)
+        return _collect(rows, inverse, k)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (token,) = ctx.saved_tensors
+        return _spread(grad, token), None, None, None
+
+
 class MoE(nn.Module):
     def __init__(self, hidden: int, ffn: int, experts: int, top_k: int, shared_ffn: int = 0,
                  capacity_factor: float = 0.0):
@@ -46,42 +91,41 @@ class MoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, h] -> (logits [N, E] fp32, top-k weights [N, k] fp32 summing to 1, expert ids [N, k])."""
-        logits = nn.functional.linear(x.float(), self.gate.weight.float())
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run this Linear in bf16
+            logits = nn.functional.linear(x.float(), self.gate.weight.float())
         probs = logits.softmax(-1)
         weights, ids = probs.topk(self.top_k, dim=-1)
         return logits, weights / weights.sum(-1, keepdim=True), ids
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
-        """x [..., h] -> (y [..., h], router statistics)."""
+        """x [..., h] -> (y [..., h] in the compute dtype (autocast's, else x's), router statistics)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         n_tokens, k, n_experts = x.shape[0], self.top_k, self.experts
         logits, weights, ids = self.route(x)
 
-        flat_ids = ids.flatten()  # [N·k], assignment a = token a // k
-        order = flat_ids.argsort(stable=True)  # assignments grouped by expert, token order inside
-        counts = torch.bincount(flat_ids, minlength=n_experts)
-        token = order // k
-        keep_weight = weights.flatten()[order]
+        # Assignment a = t·k + j is token t's j-th choice. Sorted row p holds assignment order[p].
+        expert_of_row, order = ids.flatten().sort(stable=True)  # grouped by expert, token order inside
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
+        ends = torch.searchsorted(expert_of_row, torch.arange(n_experts, device=x.device), right=True)  # [E]
+        counts = torch.diff(ends, prepend=ends.new_zeros(1))
+        row_weight = weights.flatten()[order]  # [A]
         dropped = counts.new_zeros(())
         if self.capacity_factor > 0:
             capacity = math.ceil(self.capacity_factor * n_tokens * k / n_experts)
-            starts = torch.cumsum(counts, 0) - counts
-            rank_in_expert = torch.arange(order.numel(), device=x.device) - starts[flat_ids[order]]
+            rank_in_expert = torch.arange(order.numel(), device=x.device) - (ends - counts)[expert_of_row]
             kept = rank_in_expert < capacity
             dropped = (~kept).sum()
-            order, token, keep_weight = order[kept], token[kept], keep_weight[kept]
-            group_counts = counts.clamp(max=capacity)
-        else:
-            group_counts = counts
-        offsets = torch.cumsum(group_counts, 0)
+            row_weight = row_weight * kept
 
-        # Experts run in the autocast dtype (bf16 on GPU) like any Linear would: the grouped kernel needs it.
+        # Experts run in the autocast dtype (bf16 on GPU) like any Linear would: one cast of x and of
+        # each weight, before the gather, so the gathered rows are already narrow.
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        h = grouped_mm(x[token].to(dtype), self.gate_up.to(dtype), offsets)  # [A, 2·ffn]
-        h = nn.functional.silu(h[:, : self.ffn]) * h[:, self.ffn :]
-        out = grouped_mm(h, self.down.to(dtype), offsets) * keep_weight[:, None].to(dtype)  # [A, h]
-        y = torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+        token = order // k  # [A] the token of each sorted row
+        rows = _Dispatch.apply(x.to(dtype), token, inverse, k)  # [A, h]
+        g, u = grouped_mm(rows, self.gate_up.to(dtype), ends).chunk(2, dim=-1)  # [A, ffn] each
+        h = nn.functional.silu(g) * u * row_weight[:, None].to(dtype)  # chunk's backward is one cat
+        y = _Combine.apply(grouped_mm(h, self.down.to(dtype), ends), token, inverse, k)  # [N, h]
         if self.shared is not None:
             y = y + self.shared(x)
 

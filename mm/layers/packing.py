@@ -13,13 +13,15 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seq_len: int) -> None
     total = batch * seq_len
     if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
-    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != total:
-        first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
-        raise ValueError(f"cu_seqlens must run from 0 to B*T = {total}, got {first}..{last}")
-    if bool((cu_seqlens[1:] <= cu_seqlens[:-1]).any()):
-        raise ValueError("cu_seqlens must be strictly increasing (no empty documents)")
     row_starts = torch.arange(0, total, seq_len, device=cu_seqlens.device)
-    if not bool(torch.isin(row_starts, cu_seqlens).all()):
+    figures = [cu_seqlens[0], cu_seqlens[-1], (cu_seqlens[1:] - cu_seqlens[:-1]).min(),
+               torch.isin(row_starts, cu_seqlens).all()]
+    first, last, shortest, rows_ok = torch.stack([f.long() for f in figures]).tolist()  # one read from the device
+    if first != 0 or last != total:
+        raise ValueError(f"cu_seqlens must run from 0 to B*T = {total}, got {first}..{last}")
+    if shortest <= 0:
+        raise ValueError("cu_seqlens must be strictly increasing (no empty documents)")
+    if not rows_ok:
         raise ValueError(f"every row start (multiples of T = {seq_len}) must be a boundary in cu_seqlens")
 
 

@@ -49,8 +49,10 @@ class SoftmaxAttention(nn.Module):
         groups = self.heads // self.kv_heads
         k, v = (flat(t).repeat_interleave(groups, dim=1) if groups > 1 else flat(t) for t in (k, v))
         cu = cu_seqlens.to(torch.int32)
-        longest = int((cu[1:] - cu[:-1]).max())
-        o = varlen_attn(flat(q), k, v, cu, cu, longest, longest, window_size=(-1, 0))  # causal
+        # No document straddles two rows, so T bounds the longest one. A bound is all the kernel needs
+        # (it sizes the launch grid; blocks past a document's end return at once) and, unlike the
+        # true maximum, it is known without waiting on the device.
+        o = varlen_attn(flat(q), k, v, cu, cu, T, T, window_size=(-1, 0))  # causal
         return self.o_proj(o.reshape(B, T, H * d))
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens: torch.Tensor | None = None,

@@ -197,6 +197,18 @@ class LM(nn.Module):
         return generate(self, prompts, cfg)
 
 
+def compile_layers(model: LM) -> LM:
+    """``torch.compile`` each decoder layer in place; parameter names and the state dict are unchanged.
+
+    Per layer rather than the whole model, so layers of one kind share their compiled code and the
+    lightning-attention op stays outside the graphs (see :mod:`mm.layers.lightning_attention`).
+    Shapes start static; one that changes (the document count of packed batches) turns symbolic
+    after one recompile rather than recompiling for every batch."""
+    for layer in model.layers:
+        layer.compile()
+    return model
+
+
 def from_hf(path) -> LM:
     """Load a Hugging Face ``minimax`` directory (config.json + safetensors, sharded or not)."""
     from mm.models.lm_hf import load_hf

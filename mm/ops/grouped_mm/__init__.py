@@ -21,11 +21,17 @@ def _check(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> None:
         raise ValueError(f"offsets must be [G] = [{w.shape[0]}] cumulative row counts, got {tuple(offsets.shape)}")
 
 
+@torch.compiler.assume_constant_result  # a host query torch.compile cannot trace; fixed for a device
+def _hopper_or_newer(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
 def _native_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     aligned = all((size * x.element_size()) % 16 == 0 for size in (x.shape[1], w.shape[2]))
     if x.device.type == "cuda":
-        return aligned and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
-    return aligned and x.dtype in (torch.float32, torch.bfloat16)
+        return aligned and x.dtype == torch.bfloat16 and _hopper_or_newer(x.device.index)
+    # torch.compile's shape rules for _grouped_mm accept bf16 only (CUDA's rule), also on CPU.
+    return aligned and (x.dtype == torch.bfloat16 or x.dtype == torch.float32 and not torch.compiler.is_compiling())
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -36,6 +42,7 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch
     return grouped_mm_padded(x, w, offsets)
 
 
+@torch.compiler.disable  # the padded width is data-dependent (read on the host): not traceable
 def grouped_mm_padded(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Fallback: scatter the groups into [G, max_rows, k], one bmm, gather back."""
     _check(x, w, offsets)

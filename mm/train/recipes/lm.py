@@ -12,7 +12,7 @@ from torch import nn
 from data_pipelines.readers.text import TextReaderConfig, build_text_reader
 from data_pipelines.stream import one_pass
 from data_pipelines.tokenizers import load_tokenizer
-from mm.models.lm import LM, LMConfig
+from mm.models.lm import LM, LMConfig, compile_layers
 from mm.train.config import RecipeConfig
 from mm.train.recipe import Recipe, StepOutput
 
@@ -32,6 +32,7 @@ class LMRecipeConfig(RecipeConfig):
     recipe: str = "lm"
     tokenizer: str = "byte"  # "byte" (no files needed) or a tokenizer.json (e.g. from `mm tokenizer train`)
     tokenizer_eos: str | None = None  # end-of-text token of a tokenizer.json (default: <eos>, </s>, ...)
+    compile: bool = False  # torch.compile each decoder layer (GPU: fuses the elementwise work; slow start)
     model: LMConfig = field(default_factory=LMConfig)
     data: TextReaderConfig = field(default_factory=TextReaderConfig)
     eval: LMEvalConfig = field(default_factory=LMEvalConfig)
@@ -64,7 +65,8 @@ class LMRecipe(Recipe):
         self._unigram_loss: float | None = None
 
     def build_model(self) -> nn.Module:
-        return LM(self.cfg.model)
+        model = LM(self.cfg.model)
+        return compile_layers(model) if self.cfg.compile else model
 
     def build_train_data(self):
         return build_text_reader(self.cfg.data, self.tokenizer)
