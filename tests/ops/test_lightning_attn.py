@@ -267,3 +267,14 @@ def test_segment_policy_splits_only_to_fill_the_device(monkeypatch):
     assert segments.choose_segment_len(65536, 1, 16, 64, cuda) == 4096  # e = 64: one tile, 264 pairs wanted
     assert segments.choose_segment_len(16384, 4, 16, 128, cuda) == 8192  # 2 segments per sequence
     assert segments.choose_segment_len(100, 1, 1, 128, cuda) == segments.ALIGN
+
+
+def test_host_bounds_read_once_per_tensor_and_again_after_a_change():
+    from mm.ops.lightning_attn.segments import host_bounds
+
+    cu = torch.tensor([0, 3, 7])
+    first = host_bounds(cu)
+    assert first == (0, 3, 7) and host_bounds(cu) is first  # the layers of one forward share one read
+    cu[1] = 4  # in place: the version counter moves
+    assert host_bounds(cu) == (0, 4, 7)
+    assert host_bounds(torch.tensor([0, 3, 7])) == (0, 3, 7)

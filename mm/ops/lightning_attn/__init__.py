@@ -25,6 +25,7 @@ import torch
 
 from .chunked import lightning_attn_chunked
 from .reference import lightning_attn_quadratic
+from .segments import host_bounds
 
 BACKENDS = ("triton", "chunked", "reference")
 
@@ -81,7 +82,7 @@ def _check(q, k, v, slopes, initial_state, cu_seqlens) -> int:
             raise ValueError(f"cu_seqlens must be [N + 1] with N >= 1, got {tuple(cu_seqlens.shape)}")
         if cu_seqlens.is_floating_point():
             raise ValueError(f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
-        c = cu_seqlens.tolist()
+        c = host_bounds(cu_seqlens)
         if c[0] != 0 or c[-1] != T or any(b < a for a, b in zip(c, c[1:], strict=False)):
             raise ValueError(f"cu_seqlens must rise from 0 to T = {T}, got {c}")
         n = len(c) - 1
@@ -93,7 +94,7 @@ def _check(q, k, v, slopes, initial_state, cu_seqlens) -> int:
 
 def _per_sequence(fn, q, k, v, slopes, initial_state, cu_seqlens):
     """Run an equal-length-batch torch backend on each packed sequence (torch backends only)."""
-    bounds = cu_seqlens.tolist()
+    bounds = host_bounds(cu_seqlens)
     outs, states = [], []
     for n in range(len(bounds) - 1):
         sl = slice(bounds[n], bounds[n + 1])

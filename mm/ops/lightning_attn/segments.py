@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 ALIGN = 256  # segment lengths are multiples of every block size the kernels use
 
@@ -29,6 +30,24 @@ class Segments:
     num_segments: int
     num_seqs: int
     split: bool  # True when some sequence has more than one segment (the scan kernels are needed)
+
+
+_HOST_BOUNDS = WeakIdKeyDictionary()
+
+
+def host_bounds(cu_seqlens: torch.Tensor) -> tuple[int, ...]:
+    """`cu_seqlens` as host integers, read from the device once per tensor.
+
+    Every layer of a forward gets the same packed batch's `cu_seqlens` tensor, so they share one
+    device-to-host read instead of one each (keyed by the tensor object and its version counter, so
+    an in-place change is read again).
+    """
+    hit = _HOST_BOUNDS.get(cu_seqlens)
+    if hit is not None and hit[0] == cu_seqlens._version:
+        return hit[1]
+    bounds = tuple(int(x) for x in cu_seqlens.tolist())
+    _HOST_BOUNDS[cu_seqlens] = (cu_seqlens._version, bounds)
+    return bounds
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,15 +105,13 @@ def build_segments(
     """Segment table for an equal-length batch (`batch` x `seq_len`) or a `cu_seqlens` pack.
 
     `segment_len` is chosen by `choose_segment_len` unless given (tests give it to exercise the split
-    path on small inputs).
-
-    With `cu_seqlens` the boundaries are read on the host (one device sync), as FlashAttention-style
-    varlen kernels do to size their grid.
+    path on small inputs). With `cu_seqlens` the boundaries are read on the host (`host_bounds`: one
+    device sync per packed batch), as FlashAttention-style varlen kernels do to size their grid.
     """
     if cu_seqlens is None:
         bounds = tuple(i * seq_len for i in range(batch + 1))
     else:
-        bounds = tuple(int(x) for x in cu_seqlens.tolist())
+        bounds = host_bounds(cu_seqlens)
     if segment_len is None:
         max_len = max((b - a for a, b in zip(bounds, bounds[1:], strict=False)), default=0)
         segment_len = choose_segment_len(max_len, len(bounds) - 1, num_heads, head_dim_v, device)
