@@ -28,18 +28,18 @@ def stack_images(images: list, normalize: str):
     return x
 
 
-def pad_token_lists(lists: list[list[int]], pad_id: int, max_len: int):
-    """Token lists -> (ids ``[B, L]`` padded with ``pad_id``, lengths ``[B]``), L <= max_len."""
+def tokenize_padded(tokenizer, texts: list[str], max_len: int):
+    """Texts -> (ids ``[B, L]``, lengths ``[B]``), each cut to ``max_len`` tokens, L <= max_len.
+
+    Padding uses the tokenizer's ``pad_id`` if it has one, else its ``eos_id`` (lengths mark it).
+    """
     import torch
 
-    lists = [t[:max_len] for t in lists]
+    pad_id = getattr(tokenizer, "pad_id", None)
+    pad_id = tokenizer.eos_id if pad_id is None else pad_id
+    lists = [tokenizer.encode(t)[:max_len] for t in texts]
     width = max(1, max(len(t) for t in lists))
     ids = torch.full((len(lists), width), pad_id, dtype=torch.long)
     for i, t in enumerate(lists):
         ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
     return ids, torch.tensor([len(t) for t in lists], dtype=torch.long)
-
-
-def pad_id_of(tokenizer) -> int:
-    """The tokenizer's ``pad_id`` if it has one, else its ``eos_id`` (lengths mark the padding)."""
-    return getattr(tokenizer, "pad_id", None) if getattr(tokenizer, "pad_id", None) is not None else tokenizer.eos_id

@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..collate import check_normalization, pad_id_of, pad_token_lists, stack_images
+from ..collate import check_normalization, stack_images, tokenize_padded
 from ..decode.image import ImageDecodeConfig, decode_image
 from ..errors import SampleError
 from ..stateful import ResumableLoader, ShardStream, fixed_batches, require
@@ -75,10 +75,8 @@ class ImageTextReader:
         images, texts, keys = zip(*items, strict=True)
         batch = {"image": stack_images(list(images), self.cfg.normalize), "text": list(texts), "key": list(keys)}
         if self.tokenizer is not None:
-            ids = [self.tokenizer.encode(t) for t in texts]
-            batch["text_ids"], batch["text_lengths"] = pad_token_lists(
-                ids, pad_id_of(self.tokenizer), self.cfg.max_text_tokens
-            )
+            ids, lengths = tokenize_padded(self.tokenizer, list(texts), self.cfg.max_text_tokens)
+            batch["text_ids"], batch["text_lengths"] = ids, lengths
         return batch
 
     def batches(self, items: Iterator, batch_size: int, carry: int, finite: bool):

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..collate import check_normalization, pad_id_of, pad_token_lists, stack_images
+from ..collate import check_normalization, stack_images, tokenize_padded
 from ..decode.image import ImageDecodeConfig, decode_image
 from ..errors import SampleError
 from ..stateful import ResumableLoader, ShardStream, fixed_batches, require
@@ -70,10 +70,8 @@ class VQAReader:
             "key": list(keys),
         }
         if self.tokenizer is not None:
-            ids = [self.tokenizer.encode(q) for q in qs]
-            batch["question_ids"], batch["question_lengths"] = pad_token_lists(
-                ids, pad_id_of(self.tokenizer), self.cfg.max_question_tokens
-            )
+            ids, lengths = tokenize_padded(self.tokenizer, list(qs), self.cfg.max_question_tokens)
+            batch["question_ids"], batch["question_lengths"] = ids, lengths
         return batch
 
     def batches(self, items: Iterator, batch_size: int, carry: int, finite: bool):

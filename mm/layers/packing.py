@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import torch
 
+from mm.ops.host_bounds import host_bounds
+
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seq_len: int) -> None:
+    """Validate the boundaries on the host: the one read the lightning layers then reuse (host_bounds)."""
     total = batch * seq_len
     if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
-    row_starts = torch.arange(0, total, seq_len, device=cu_seqlens.device)
-    figures = [cu_seqlens[0], cu_seqlens[-1], (cu_seqlens[1:] - cu_seqlens[:-1]).min(),
-               torch.isin(row_starts, cu_seqlens).all()]
-    first, last, shortest, rows_ok = torch.stack([f.long() for f in figures]).tolist()  # one read from the device
-    if first != 0 or last != total:
-        raise ValueError(f"cu_seqlens must run from 0 to B*T = {total}, got {first}..{last}")
-    if shortest <= 0:
+    bounds = host_bounds(cu_seqlens)
+    if bounds[0] != 0 or bounds[-1] != total:
+        raise ValueError(f"cu_seqlens must run from 0 to B*T = {total}, got {bounds[0]}..{bounds[-1]}")
+    if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
         raise ValueError("cu_seqlens must be strictly increasing (no empty documents)")
-    if not rows_ok:
+    if not set(range(0, total, seq_len)) <= set(bounds):
         raise ValueError(f"every row start (multiples of T = {seq_len}) must be a boundary in cu_seqlens")
 
 

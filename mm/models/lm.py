@@ -189,7 +189,6 @@ class LM(nn.Module):
                 out.loss = out.loss + self.cfg.router_aux_coef * out.aux_loss + self.cfg.router_z_coef * out.z_loss
         return out
 
-
     def generate(self, prompts: list[list[int]], cfg=None) -> list[list[int]]:
         """Continue token-id prompts (see :func:`mm.models.lm_generate.generate`)."""
         from mm.models.lm_generate import generate

@@ -270,7 +270,7 @@ def test_segment_policy_splits_only_to_fill_the_device(monkeypatch):
 
 
 def test_host_bounds_read_once_per_tensor_and_again_after_a_change():
-    from mm.ops.lightning_attn.segments import host_bounds
+    from mm.ops.host_bounds import host_bounds
 
     cu = torch.tensor([0, 3, 7])
     first = host_bounds(cu)

@@ -23,9 +23,10 @@ import os
 
 import torch
 
+from mm.ops.host_bounds import host_bounds
+
 from .chunked import lightning_attn_chunked
 from .reference import lightning_attn_quadratic
-from .segments import host_bounds
 
 BACKENDS = ("triton", "chunked", "reference")
 

@@ -18,7 +18,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
+
+from mm.ops.host_bounds import host_bounds
 
 ALIGN = 256  # segment lengths are multiples of every block size the kernels use
 
@@ -30,24 +31,6 @@ class Segments:
     num_segments: int
     num_seqs: int
     split: bool  # True when some sequence has more than one segment (the scan kernels are needed)
-
-
-_HOST_BOUNDS = WeakIdKeyDictionary()
-
-
-def host_bounds(cu_seqlens: torch.Tensor) -> tuple[int, ...]:
-    """`cu_seqlens` as host integers, read from the device once per tensor.
-
-    Every layer of a forward gets the same packed batch's `cu_seqlens` tensor, so they share one
-    device-to-host read instead of one each (keyed by the tensor object and its version counter, so
-    an in-place change is read again).
-    """
-    hit = _HOST_BOUNDS.get(cu_seqlens)
-    if hit is not None and hit[0] == cu_seqlens._version:
-        return hit[1]
-    bounds = tuple(int(x) for x in cu_seqlens.tolist())
-    _HOST_BOUNDS[cu_seqlens] = (cu_seqlens._version, bounds)
-    return bounds
 
 
 @functools.lru_cache(maxsize=4)
