@@ -2,7 +2,7 @@
 
 Triton kernels run under TRITON_INTERPRET=1 on CPU (tests/conftest.py). They use a fixed block of
 16 tokens there, so T = 17, 63, 64, 65, 200 cover single, partial and many blocks; `segment_len=32`
-forces the split path (start states chained across segments) that long sequences take on a GPU.
+forces the split path (local states + scan across segments) that long sequences take on a GPU.
 """
 
 from __future__ import annotations

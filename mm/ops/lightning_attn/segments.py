@@ -1,13 +1,14 @@
 """How the Triton path splits the token axis into segments that run in parallel.
 
 Each sequence (a batch row, or one sequence of a `cu_seqlens` pack) is cut into contiguous segments
-of at most `segment_len` tokens. Every kernel program owns one (segment, head, tile); a segment's
-start state is chained from its predecessor's (triton_kernels), so the work is spread over the
-sequence as well as over batch x heads.
+of at most `segment_len` tokens. Every kernel program owns one (segment, head, tile); the state a
+segment starts from comes from a short scan over the segments' local states, so the work is spread
+over the sequence as well as over batch x heads (constant speed from 1K to 1M tokens).
 
 The segment table is a small int64 tensor `[num_segments, 5]`: (sequence index, start, end,
-is_first, is_last), positions in the flattened token axis. Every sequence owns at least one
-segment, also an empty one (start == end), so its final state (= initial state) is still written.
+is_first, is_last), positions in the flattened token axis; `seq_segs [N + 1]` gives each sequence's
+segment range. Every sequence owns at least one segment, also an empty one (start == end), so its
+final state (= initial state) is still written.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ ALIGN = 256  # segment lengths are multiples of every block size the kernels use
 @dataclass(frozen=True)
 class Segments:
     table: torch.Tensor  # [S, 5] int64
+    seq_segs: torch.Tensor  # [N + 1] int64
     num_segments: int
     num_seqs: int
-    split: bool  # True when some sequence has more than one segment (start states are chained)
+    split: bool  # True when some sequence has more than one segment (the scan kernels are needed)
 
 
 @functools.lru_cache(maxsize=4)
@@ -40,10 +42,9 @@ def choose_segment_len(max_len: int, num_seqs: int, num_heads: int, head_dim_v: 
     """Segment length giving about two programs per multiprocessor over all (segment, head, tile).
 
     Sequences are split only when (sequence, head) pairs alone cannot fill the device: splitting
-    costs every segment but a sequence's last a pass over its own keys and values for its local state
-    (about a fifth of the output loop's time), so it pays only to fill idle multiprocessors (measured
-    on an H200: 4K x 16 runs fastest unsplit, 64K x 1 and 1M x 1 equally well with 8 to 32
-    segments). `head_dim_v / 64` approximates the value tiles per head.
+    costs a local-state pass over the split sequences (a third more memory traffic in the forward),
+    so it pays only to fill idle multiprocessors (measured on an H200: 4K x 16 runs fastest unsplit,
+    64K x 1 and 1M x 1 with 8-16 segments). `head_dim_v / 64` approximates the value tiles per head.
     On CPU (the interpreter) a notional 4 multiprocessors are used; tests pick explicit lengths.
     """
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
@@ -57,14 +58,17 @@ def choose_segment_len(max_len: int, num_seqs: int, num_heads: int, head_dim_v: 
 @functools.lru_cache(maxsize=64)
 def _build(bounds: tuple[int, ...], segment_len: int, device: torch.device) -> Segments:
     rows: list[tuple[int, int, int, int, int]] = []
+    seq_segs = [0]
     for n in range(len(bounds) - 1):
         start, end = bounds[n], bounds[n + 1]
         cuts = list(range(start, end, segment_len)) or [start]
         for i, s0 in enumerate(cuts):
             rows.append((n, s0, min(s0 + segment_len, end), int(i == 0), int(i == len(cuts) - 1)))
+        seq_segs.append(len(rows))
     table = torch.tensor(rows, dtype=torch.int64).to(device)
     return Segments(
         table=table,
+        seq_segs=torch.tensor(seq_segs, dtype=torch.int64).to(device),
         num_segments=len(rows),
         num_seqs=len(bounds) - 1,
         split=len(rows) > len(bounds) - 1,

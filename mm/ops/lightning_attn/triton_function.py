@@ -1,12 +1,12 @@
 """Autograd Function joining the Triton passes (tier 2): forward, and a backward of three passes.
 
-Forward: the output pass, chained over segments when a sequence is split (triton_kernels). The
-segment start states (float32, one [d, e] per segment and head: a few MB even at 1M tokens) are
-kept for backward, so the dq pass needs no state pass of its own.
+Forward: segment start states (local states + scan, only when a sequence is split), then the
+output pass. The segment start states (float32, one [d, e] per segment and head: a few MB even at
+1M tokens) are kept for backward, so the dq pass needs no state pass of its own.
 Backward (see triton_kernels for the role table):
   dq = pass(do, v, k)            forward order, start states = forward's, transposed
-  dv = pass(k, q, do)            reverse, SHIFT 1, from dL/dS_T, chained like the forward: its
-                                 segment start states are the adjoint's; its end state is dL/dS_0
+  adjoint start states           local states of q^T do + reverse scan from dL/dS_T
+  dv = pass(k, q, do)            reverse, SHIFT 1; its end state is dL/dS_0
   dk = pass(v, do, q)            reverse, SHIFT 1, adjoint start states transposed
 No T x T matrix and no per-block state is ever stored.
 """
@@ -16,22 +16,25 @@ from __future__ import annotations
 import torch
 
 from .segments import build_segments
-from .triton_launch import run_output, run_with_states, transposed
+from .triton_launch import run_output, segment_states, transposed
 
 
 def _forward(q, k, v, slopes, h0, segs, output_final_state):
+    s_in, s_strides = segment_states(k, v, slopes, segs, init=h0, reverse=False, shift=0)
     N, (_, H, d), e = segs.num_seqs, q.shape, v.shape[-1]
     ht = torch.empty(N, H, d, e, device=q.device, dtype=torch.float32) if output_final_state else None
-    o, s_in, s_strides = run_with_states(q, k, v, slopes, segs, init=h0, s_out=ht, reverse=False, shift=0)
+    o = run_output(q, k, v, slopes, segs, s_in=s_in, s_in_strides=s_strides, s_out=ht, reverse=False, shift=0)
     return o, ht, s_in, s_strides
 
 
 def _backward(q, k, v, do, dht, slopes, segs, s_in, s_strides, need_dh0):
     dq = run_output(do, v, k, slopes, segs, s_in=s_in, s_in_strides=transposed(s_strides), s_out=None,
                     reverse=False, shift=0)
+    r_in, r_strides = segment_states(q, do, slopes, segs, init=dht, reverse=True, shift=1)
     N, (_, H, d), e = segs.num_seqs, q.shape, v.shape[-1]
     dh0 = torch.empty(N, H, d, e, device=q.device, dtype=torch.float32) if need_dh0 else None
-    dv, r_in, r_strides = run_with_states(k, q, do, slopes, segs, init=dht, s_out=dh0, reverse=True, shift=1)
+    dv = run_output(k, q, do, slopes, segs, s_in=r_in, s_in_strides=r_strides, s_out=dh0,
+                    reverse=True, shift=1)
     dk = run_output(v, do, q, slopes, segs, s_in=r_in, s_in_strides=transposed(r_strides), s_out=None,
                     reverse=True, shift=1)
     return dq, dk, dv, dh0

@@ -1,4 +1,4 @@
-"""Triton kernel of lightning attention: one generic causal pass.
+"""Triton kernels of lightning attention: one generic causal pass, in three kernels.
 
 Every pass, forward and backward alike, computes for each head (lambda = exp(-slope)) and each
 sequence, in processing order r (forward: r = t; REVERSE: r = T - 1 - t):
@@ -12,14 +12,11 @@ the convention of the adjoint pass: its start value is dL/dS_T and its end value
   dv:       (a, b, c) = (k, q, do),  reverse order, SHIFT 1, S_init = dL/dS_T; its end state = dh0
   dk:       (a, b, c) = (v, do, q),  reverse order, SHIFT 1, the dv pass's segment states transposed
 
-`output_kernel` runs one program per (segment, head, value tile): blocks of BLOCK tokens,
-intra-block left product, inter-block right product, state carried in registers (fp32)
-(Lightning Attention-2 tiling inside each segment, segments in parallel, DESIGN §2). Each segment
-starts from S_IN: given (HAS_SIN), or, when sequences are split, chained (CHAIN): programs take
-numbers in start order from a counter; each computes its segment's own state from zero, waits for
-its predecessor's flag, reads its start state S_IN[s] and publishes S_IN[next] = lambda^len S_IN[s]
-+ local before its output loop. A program only waits on programs already running, so the chain
-cannot deadlock, and each segment's local state is read while its predecessors are still working.
+Kernels (Lightning Attention-2 tiling inside each segment, segments in parallel, DESIGN §2):
+  `local_state_kernel`  per (segment, head, tile): the segment's own state from zero;
+  `scan_kernel`         per (sequence, head, tile): walks the segments, writes each one's start state;
+  `output_kernel`       per (segment, head, value tile): blocks of BLOCK tokens, intra-block left
+                        product, inter-block right product, state carried in registers (fp32).
 Feature dims need not be powers of two: tiles are padded to BDA/BV and masked in the kernel.
 """
 
@@ -54,18 +51,15 @@ def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _segment(SEG, i_s, REVERSE: tl.constexpr):
-    # one row of the segment table (5 int64 columns: sequence, start, end, is_first, is_last);
-    # first/last are returned in processing order (REVERSE swaps them)
+    # one row of the segment table (5 int64 columns: sequence, start, end, is_first, is_last)
     seq = tl.load(SEG + i_s * 5)
     start = tl.load(SEG + i_s * 5 + 1)
     end = tl.load(SEG + i_s * 5 + 2)
-    if REVERSE:
-        first = tl.load(SEG + i_s * 5 + 4)
+    if REVERSE:  # the last segment in processing order is the sequence's first one
         last = tl.load(SEG + i_s * 5 + 3)
     else:
-        first = tl.load(SEG + i_s * 5 + 3)
         last = tl.load(SEG + i_s * 5 + 4)
-    return seq, start, end, (end - start).to(tl.int32), first, last
+    return seq, start, end, (end - start).to(tl.int32), last
 
 
 @triton.jit
@@ -78,49 +72,20 @@ def _positions(start, end, t, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _local_state(Bk, C, i_h, start, end, length, ld, rk, rv, mk, mv, stride_b, stride_c,
-                 DB: tl.constexpr, DC: tl.constexpr, BDB: tl.constexpr,
-                 REVERSE: tl.constexpr, SHIFT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                 BLOCK: tl.constexpr, BV: tl.constexpr):
-    """sum_r lambda^(length - 1 - r + SHIFT) b_r^T c_r over the first `length` tokens, from zero."""
-    ri = tl.arange(0, BLOCK)
-    acc = tl.zeros([BDB, BV], dtype=tl.float32)
-    for t0 in range(0, length, BLOCK):
-        t = t0 + ri
-        valid = t < length
-        pos = _positions(start, end, t, REVERSE)[:, None]
-        b = tl.load(Bk + i_h * DB + pos * stride_b + rk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
-        c = tl.load(C + i_h * DC + pos * stride_c + rv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
-        dec = tl.where(valid, tl.exp2(ld * tl.maximum(length - 1 - t + SHIFT, 0).to(tl.float32)), 0.0)
-        acc += _dot(tl.trans(_cast(b * dec[:, None], c.dtype, UPCAST)), c, PREC, UPCAST)
-    return acc
-
-
-@triton.jit
 def output_kernel(
-    A, Bk, C, OUT, S_IN, S_OUT, INIT, SYNC, SLOPES, SEG,
+    A, Bk, C, OUT, S_IN, S_OUT, SLOPES, SEG,
     stride_a, stride_c,
     sin_seg, sin_h, sin_i, sin_j,
     sout_n, sout_h, sout_i, sout_j,
-    init_n, init_h, init_i, init_j,
-    H, NSEG,
     SLOTS,  # autotune key only: log2 bucket of the number of (segment, head) programs
     DA: tl.constexpr, DC: tl.constexpr, BDA: tl.constexpr,
     REVERSE: tl.constexpr, SHIFT: tl.constexpr, HAS_SIN: tl.constexpr, HAS_SOUT: tl.constexpr,
-    CHAIN: tl.constexpr, HAS_INIT: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK: tl.constexpr, BV: tl.constexpr,
 ):
-    n_v = tl.cdiv(DC, BV)
-    if CHAIN:  # programs numbered in start order: each waits only on programs already running
-        pid = tl.atomic_add(SYNC, 1)
-    else:
-        pid = tl.program_id(0)
-    i_v = pid % n_v
-    i_h = (pid // n_v) % H
-    i_s = pid // (n_v * H)
-    if REVERSE:  # processing order: a sequence's later segments first
-        i_s = NSEG - 1 - i_s
-    seq, start, end, length, first, last = _segment(SEG, i_s, REVERSE)
+    i_v = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_s = tl.program_id(2)
+    seq, start, end, length, last = _segment(SEG, i_s, REVERSE)
     ld = -tl.load(SLOPES + i_h).to(tl.float32) * 1.4426950408889634  # log2 of lambda
 
     ri = tl.arange(0, BLOCK)
@@ -128,42 +93,14 @@ def output_kernel(
     rv = i_v * BV + tl.arange(0, BV)
     mk = rk < DA
     mv = rv < DC
-    m_state = mk[:, None] & mv[None, :]
     diff = ri[:, None] - ri[None, :]
     # decays are masked before exp2 so padded or future positions never produce inf * 0
     intra = tl.where(diff >= 0, tl.exp2(ld * tl.maximum(diff, 0).to(tl.float32)), 0.0)
     qdec = tl.exp2(ld * (ri + 1 - SHIFT).to(tl.float32))
 
-    tile = rk[:, None] * sin_i + rv[None, :] * sin_j
-    if CHAIN:
-        # Chained start states: this segment's own state from zero first (reading b, c while the
-        # predecessor may still be busy), then the predecessor's start state S_IN[s], then
-        # S_IN[next] = lambda^len S_IN[s] + local is published for the successor.
-        local = _local_state(Bk, C, i_h, start, end, tl.where(last != 0, 0, length), ld, rk, rv, mk, mv,
-                             stride_a, stride_c, DA, DC, BDA, REVERSE, SHIFT, PREC, UPCAST, BLOCK, BV)
-        own = S_IN + i_s * sin_seg + i_h * sin_h + tile
-        if first != 0:
-            if HAS_INIT:
-                p = INIT + seq * init_n + i_h * init_h + rk[:, None] * init_i + rv[None, :] * init_j
-                state = tl.load(p, mask=m_state, other=0.0).to(tl.float32)
-            else:
-                state = tl.zeros([BDA, BV], dtype=tl.float32)
-            tl.store(own, state, mask=m_state)  # kept for the backward passes
-        else:
-            while tl.atomic_add(SYNC + 1 + (i_s * H + i_h) * n_v + i_v, 0, sem="acquire") == 0:
-                pass
-            state = tl.load(own, mask=m_state, other=0.0, cache_modifier=".cg")
-        if last == 0:
-            if REVERSE:
-                nxt = i_s - 1
-            else:
-                nxt = i_s + 1
-            tl.store(S_IN + nxt * sin_seg + i_h * sin_h + tile, state * tl.exp2(ld * length.to(tl.float32)) + local,
-                     mask=m_state)
-            tl.debug_barrier()
-            tl.atomic_xchg(SYNC + 1 + (nxt * H + i_h) * n_v + i_v, 1, sem="release")
-    elif HAS_SIN:
-        state = tl.load(S_IN + i_s * sin_seg + i_h * sin_h + tile, mask=m_state, other=0.0).to(tl.float32)
+    if HAS_SIN:
+        s_ptr = S_IN + i_s * sin_seg + i_h * sin_h + rk[:, None] * sin_i + rv[None, :] * sin_j
+        state = tl.load(s_ptr, mask=mk[:, None] & mv[None, :], other=0.0).to(tl.float32)
     else:
         state = tl.zeros([BDA, BV], dtype=tl.float32)
 
@@ -192,7 +129,81 @@ def output_kernel(
     if HAS_SOUT:
         if last != 0:
             s_ptr = S_OUT + seq * sout_n + i_h * sout_h + rk[:, None] * sout_i + rv[None, :] * sout_j
-            tl.store(s_ptr, state, mask=m_state)
+            tl.store(s_ptr, state, mask=mk[:, None] & mv[None, :])
+
+
+@triton.jit
+def local_state_kernel(
+    Bk, C, LOCAL, SLOPES, SEG,
+    stride_b, stride_c,
+    SLOTS,
+    DB: tl.constexpr, DC: tl.constexpr,
+    REVERSE: tl.constexpr, SHIFT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """LOCAL[s, h] = sum_r lambda^(len - 1 - r + SHIFT) b_r^T c_r over segment s ([S, H, DB, DC], fp32).
+
+    The last segment of each sequence (in processing order) is skipped: nobody reads its local state.
+    """
+    n_v = tl.cdiv(DC, BV)
+    i_k = tl.program_id(0) // n_v
+    i_v = tl.program_id(0) % n_v
+    i_h = tl.program_id(1)
+    i_s = tl.program_id(2)
+    H = tl.num_programs(1)
+    seq, start, end, length, last = _segment(SEG, i_s, REVERSE)
+    ld = -tl.load(SLOPES + i_h).to(tl.float32) * 1.4426950408889634
+    ri = tl.arange(0, BLOCK)
+    rk = i_k * BK + tl.arange(0, BK)
+    rv = i_v * BV + tl.arange(0, BV)
+    mk = rk < DB
+    mv = rv < DC
+    acc = tl.zeros([BK, BV], dtype=tl.float32)
+    n_tok = tl.where(last != 0, 0, length)
+    for t0 in range(0, n_tok, BLOCK):
+        t = t0 + ri
+        valid = t < length
+        pos = _positions(start, end, t, REVERSE)[:, None]
+        b = tl.load(Bk + i_h * DB + pos * stride_b + rk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
+        c = tl.load(C + i_h * DC + pos * stride_c + rv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+        dec = tl.where(valid, tl.exp2(ld * tl.maximum(length - 1 - t + SHIFT, 0).to(tl.float32)), 0.0)
+        acc += _dot(tl.trans(_cast(b * dec[:, None], c.dtype, UPCAST)), c, PREC, UPCAST)
+    base = (i_s.to(tl.int64) * H + i_h) * DB * DC
+    tl.store(LOCAL + base + rk[:, None] * DC + rv[None, :], acc, mask=mk[:, None] & mv[None, :])
+
+
+@triton.jit
+def scan_kernel(
+    LOCAL, INIT, S_IN, SLOPES, SEG, SEQ_SEGS,
+    init_n, init_h, init_i, init_j,
+    DB: tl.constexpr, DC: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    """S_IN[s] for each segment of sequence n: S_IN[first] = init, S_IN[next] = lambda^len S_IN + LOCAL."""
+    i_e = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_n = tl.program_id(2)
+    H = tl.num_programs(1)
+    ld = -tl.load(SLOPES + i_h).to(tl.float32) * 1.4426950408889634
+    f = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    m = f < DB * DC
+    if HAS_INIT:
+        p = INIT + i_n * init_n + i_h * init_h + (f // DC) * init_i + (f % DC) * init_j
+        state = tl.load(p, mask=m, other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros([BLOCK_E], dtype=tl.float32)
+    lo = tl.load(SEQ_SEGS + i_n)
+    hi = tl.load(SEQ_SEGS + i_n + 1)
+    for idx in range(0, (hi - lo).to(tl.int32)):
+        if REVERSE:
+            seg = hi - 1 - idx
+        else:
+            seg = lo + idx
+        base = (seg * H + i_h) * DB * DC
+        tl.store(S_IN + base + f, state, mask=m)
+        length = tl.load(SEG + seg * 5 + 2) - tl.load(SEG + seg * 5 + 1)
+        local = tl.load(LOCAL + base + f, mask=m, other=0.0)
+        state = state * tl.exp2(ld * length.to(tl.float32)) + local
 
 
 def output_configs() -> list[triton.Config]:
@@ -201,3 +212,8 @@ def output_configs() -> list[triton.Config]:
     # (d = e = 128, bf16) were (64, 128, 8, 3) and (64, 64, 4, 2); BV 32 serves d = 256.
     shapes = [(64, 64, 4, 2), (64, 128, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2)]
     return [triton.Config({"BLOCK": b, "BV": v}, num_warps=w, num_stages=s) for b, v, w, s in shapes]
+
+
+def local_state_configs() -> list[triton.Config]:
+    shapes = [(64, 8, 3), (64, 4, 2)]
+    return [triton.Config({"BLOCK": b}, num_warps=w, num_stages=s) for b, w, s in shapes]

@@ -1,7 +1,7 @@
 """Launch functions for the Triton kernels (tier 1: tensors in, tensors out, no autograd).
 
 All token tensors are flattened and contiguous: `[N_tokens, H, D]`. States are float32.
-On GPU the kernel is autotuned; under TRITON_INTERPRET=1 (CPU tests)
+On GPU the output and local-state kernels are autotuned; under TRITON_INTERPRET=1 (CPU tests)
 they run with one fixed small configuration, since autotuning does not run under the interpreter.
 """
 
@@ -15,10 +15,17 @@ import torch
 import triton
 
 from .segments import Segments
-from .triton_kernels import output_configs, output_kernel
+from .triton_kernels import (
+    local_state_configs,
+    local_state_kernel,
+    output_configs,
+    output_kernel,
+    scan_kernel,
+)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_OUT_KEY = ["SLOTS", "DA", "DC", "REVERSE", "SHIFT", "HAS_SIN", "HAS_SOUT", "CHAIN", "HAS_INIT", "PREC"]
+_OUT_KEY = ["SLOTS", "DA", "DC", "REVERSE", "SHIFT", "HAS_SIN", "HAS_SOUT", "PREC"]
+_LOCAL_KEY = ["SLOTS", "DB", "DC", "REVERSE", "SHIFT", "PREC"]
 Strides = tuple[int, int, int, int]
 
 
@@ -53,14 +60,20 @@ def padded(dim: int) -> int:
 
 
 @functools.cache
-def _tuned_output(bda: int, bdc: int, chain: bool):
+def _tuned_output(bda: int, bdc: int):
     if INTERPRET:
         return output_kernel
     keep = [c for c in output_configs()
             if c.kwargs["BV"] <= bdc and bda * c.kwargs["BV"] <= 128 * 128
             and (c.kwargs["BV"] >= 64 or bda > 128 or bdc < 64)]
-    # chained runs count programs and raise flags in SYNC: every timed trial starts from zeros
-    return triton.autotune(configs=keep, key=_OUT_KEY, reset_to_zero=["SYNC"] if chain else None)(output_kernel)
+    return triton.autotune(configs=keep, key=_OUT_KEY)(output_kernel)
+
+
+@functools.cache
+def _tuned_local():
+    if INTERPRET:
+        return local_state_kernel
+    return triton.autotune(configs=local_state_configs(), key=_LOCAL_KEY)(local_state_kernel)
 
 
 def _prec(x: torch.Tensor) -> str:
@@ -77,32 +90,6 @@ def _slots(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-def _launch(a, b, c, slopes, segs, *, s_in, s_in_strides, s_out, init, reverse, shift, chain):
-    _, H, DA = a.shape
-    DC = c.shape[-1]
-    out = torch.empty_like(c)
-    bda, bdc = padded(DA), padded(DC)
-    fixed = {"BLOCK": 16, "BV": bdc} if INTERPRET else {}
-    # chained: [program counter, one ready flag per (segment, head, value tile)] (BV >= 16)
-    sync = torch.zeros(1 + segs.num_segments * H * triton.cdiv(DC, 16), device=a.device, dtype=torch.int32) \
-        if chain else None
-    none = slopes  # any tensor stands in for an absent pointer (the kernel never reads it)
-
-    def grid(meta):
-        return (triton.cdiv(DC, meta["BV"]) * H * segs.num_segments,)
-
-    _tuned_output(bda, bdc, chain)[grid](
-        a, b, c, out, none if s_in is None else s_in, none if s_out is None else s_out,
-        none if init is None else init, none if sync is None else sync, slopes, segs.table,
-        a.stride(0), c.stride(0), *(s_in_strides or (0, 0, 0, 0)), *(s_out.stride() if s_out is not None else (0,) * 4),
-        *(init.stride() if init is not None else (0,) * 4), H, segs.num_segments, _slots(segs.num_segments * H),
-        DA=DA, DC=DC, BDA=bda, REVERSE=reverse, SHIFT=shift, HAS_SIN=s_in is not None and not chain,
-        HAS_SOUT=s_out is not None, CHAIN=chain, HAS_INIT=init is not None, PREC=_prec(a), UPCAST=_upcast(a),
-        **fixed,
-    )
-    return out
-
-
 def run_output(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, slopes: torch.Tensor, segs: Segments, *,
     s_in: torch.Tensor | None, s_in_strides: Strides | None, s_out: torch.Tensor | None,
@@ -110,33 +97,78 @@ def run_output(
 ) -> torch.Tensor:
     """out[r] = sum_{r' <= r} lambda^(r-r') (a_r . b_r') c_r' + lambda^(r+1-shift) a_r S_in (see kernels).
 
-    a, b `[N_tok, H, DA]`, c `[N_tok, H, DC]`; s_in (every segment's start state) indexed
-    [segment, head, i (DA), j (DC)] through `s_in_strides`; s_out `[N, H, DA, DC]` receives each
-    sequence's end state. Returns `[N_tok, H, DC]`.
+    a, b `[N_tok, H, DA]`, c `[N_tok, H, DC]`; s_in indexed [segment, head, i (DA), j (DC)] through
+    `s_in_strides`; s_out `[N, H, DA, DC]` receives each sequence's end state. Returns `[N_tok, H, DC]`.
     """
-    return _launch(a, b, c, slopes, segs, s_in=s_in, s_in_strides=s_in_strides, s_out=s_out, init=None,
-                   reverse=reverse, shift=shift, chain=False)
+    _, H, DA = a.shape
+    DC = c.shape[-1]
+    out = torch.empty_like(c)
+    bda, bdc = padded(DA), padded(DC)
+    kernel = _tuned_output(bda, bdc)
+    fixed = {"BLOCK": 16, "BV": bdc} if INTERPRET else {}
+    sin_st = s_in_strides if s_in is not None else (0, 0, 0, 0)
+    sout_st = s_out.stride() if s_out is not None else (0, 0, 0, 0)
+
+    def grid(meta):
+        return (triton.cdiv(DC, meta["BV"]), H, segs.num_segments)
+
+    kernel[grid](
+        a, b, c, out, s_in if s_in is not None else slopes, s_out if s_out is not None else slopes,
+        slopes, segs.table, a.stride(0), c.stride(0), *sin_st, *sout_st, _slots(segs.num_segments * H),
+        DA=DA, DC=DC, BDA=bda, REVERSE=reverse, SHIFT=shift, HAS_SIN=s_in is not None,
+        HAS_SOUT=s_out is not None, PREC=_prec(a), UPCAST=_upcast(a), **fixed,
+    )
+    return out
 
 
-def run_with_states(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, slopes: torch.Tensor, segs: Segments, *,
-    init: torch.Tensor | None, s_out: torch.Tensor | None, reverse: bool, shift: int,
-) -> tuple[torch.Tensor, torch.Tensor | None, Strides | None]:
-    """The pass of `run_output` from each sequence's `init [N, H, DA, DC]`; also every segment's start state.
+def run_local_states(
+    b: torch.Tensor, c: torch.Tensor, slopes: torch.Tensor, segs: Segments, *, reverse: bool, shift: int
+) -> torch.Tensor:
+    """Each segment's own state from zero, `[S, H, DB, DC]` float32 (zeros for each sequence's last)."""
+    _, H, DB = b.shape
+    DC = c.shape[-1]
+    local = torch.empty(segs.num_segments, H, DB, DC, device=b.device, dtype=torch.float32)
+    bk, bv = min(padded(DB), 128), min(padded(DC), 128)
+    grid = (triton.cdiv(DB, bk) * triton.cdiv(DC, bv), H, segs.num_segments)
+    fixed = {"BLOCK": 16} if INTERPRET else {}
+    _tuned_local()[grid](
+        b, c, local, slopes, segs.table, b.stride(0), c.stride(0), _slots(segs.num_segments * H),
+        DB=DB, DC=DC, REVERSE=reverse, SHIFT=shift, PREC=_prec(b), UPCAST=_upcast(b), BK=bk, BV=bv, **fixed,
+    )
+    return local
 
-    Returns `(out, s_in, s_in_strides)`. Unsplit sequences start from `init` itself; split ones run
-    chained (each segment's program computes its own local state, then takes its predecessor's start
-    state and publishes its successor's), and s_in `[S, H, DA, DC]` float32 holds every start state.
+
+def run_scan(
+    local: torch.Tensor, slopes: torch.Tensor, segs: Segments, *,
+    init: torch.Tensor | None, init_strides: Strides | None, reverse: bool,
+) -> torch.Tensor:
+    """Start state of every segment, `[S, H, DB, DC]` float32, from the local states and `init`."""
+    S, H, DB, DC = local.shape
+    s_in = torch.empty_like(local)
+    block = 1024 if DB * DC >= 1024 else padded(DB * DC)
+    grid = (triton.cdiv(DB * DC, block), H, segs.num_seqs)
+    scan_kernel[grid](
+        local, init if init is not None else slopes, s_in, slopes, segs.table, segs.seq_segs,
+        *(init_strides if init is not None else (0, 0, 0, 0)),
+        DB=DB, DC=DC, REVERSE=reverse, HAS_INIT=init is not None, BLOCK_E=block, num_warps=4,
+    )
+    return s_in
+
+
+def segment_states(
+    b: torch.Tensor, c: torch.Tensor, slopes: torch.Tensor, segs: Segments, *,
+    init: torch.Tensor | None, reverse: bool, shift: int,
+) -> tuple[torch.Tensor | None, Strides | None]:
+    """Start state of every segment for a pass whose state accumulates b^T c; `init [N, H, DB, DC]`.
+
+    When no sequence is split, segment n is sequence n and the start states are `init` itself.
     """
     if not segs.split:
-        strides = init.stride() if init is not None else None
-        out = run_output(a, b, c, slopes, segs, s_in=init, s_in_strides=strides, s_out=s_out,
-                         reverse=reverse, shift=shift)
-        return out, init, strides
-    s_in = torch.empty(segs.num_segments, a.shape[1], a.shape[2], c.shape[2], device=a.device, dtype=torch.float32)
-    out = _launch(a, b, c, slopes, segs, s_in=s_in, s_in_strides=s_in.stride(), s_out=s_out, init=init,
-                  reverse=reverse, shift=shift, chain=True)
-    return out, s_in, s_in.stride()
+        return init, (init.stride() if init is not None else None)
+    local = run_local_states(b, c, slopes, segs, reverse=reverse, shift=shift)
+    s_in = run_scan(local, slopes, segs, init=init, init_strides=init.stride() if init is not None else None,
+                    reverse=reverse)
+    return s_in, s_in.stride()
 
 
 def transposed(strides: Strides | None) -> Strides | None:
