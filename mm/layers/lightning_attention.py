@@ -12,6 +12,10 @@ from torch import nn
 from mm.layers.norm import RMSNorm
 from mm.ops.lightning_attn import build_slopes, lightning_attn, lightning_attn_step
 
+# torch.compile stops at the op and runs it as it is: it launches its own Triton kernels and keeps
+# packed-segment bookkeeping on the host, neither of which belongs in a traced graph.
+_lightning_attn = torch.compiler.disable(lightning_attn)
+
 
 class LightningAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, head_dim: int, layer_idx: int, num_layers: int):
@@ -43,10 +47,10 @@ class LightningAttention(nn.Module):
         if cu_seqlens is not None:
             # Packed: every document (and row) starts from a zero state; run all rows as one sequence.
             flat = (t.reshape(1, B * T, self.heads, self.head_dim) for t in (q, k, v))
-            o, final = lightning_attn(*flat, self.slopes, cu_seqlens=cu_seqlens, output_final_state=return_state)
+            o, final = _lightning_attn(*flat, self.slopes, cu_seqlens=cu_seqlens, output_final_state=return_state)
             o = o.view(B, T, self.heads, self.head_dim)
         else:
-            o, final = lightning_attn(q, k, v, self.slopes, initial_state=state, output_final_state=return_state)
+            o, final = _lightning_attn(q, k, v, self.slopes, initial_state=state, output_final_state=return_state)
         return self._output(o, x), final
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

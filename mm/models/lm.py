@@ -199,8 +199,8 @@ class LM(nn.Module):
 def compile_layers(model: LM) -> LM:
     """``torch.compile`` each decoder layer in place; parameter names and the state dict are unchanged.
 
-    Per layer rather than the whole model, so layers of one kind share their compiled code. The
-    lightning-attention op is a custom op: each layer traces into one graph around it.
+    Per layer rather than the whole model, so layers of one kind share their compiled code and the
+    lightning-attention op stays outside the graphs (see :mod:`mm.layers.lightning_attention`).
     Shapes start static; one that changes (the document count of packed batches) turns symbolic
     after one recompile rather than recompiling for every batch."""
     for layer in model.layers:

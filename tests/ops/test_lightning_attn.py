@@ -278,28 +278,3 @@ def test_host_bounds_read_once_per_tensor_and_again_after_a_change():
     cu[1] = 4  # in place: the version counter moves
     assert host_bounds(cu) == (0, 4, 7)
     assert host_bounds(torch.tensor([0, 3, 7])) == (0, 3, 7)
-
-
-@pytest.mark.parametrize("segment_len", [None, 16])
-def test_triton_op_compiles_into_one_graph(segment_len):
-    """The Triton path is a custom op: torch.compile(fullgraph=True) traces through it with eager's values."""
-    from mm.ops.lightning_attn.triton_function import lightning_attn_bwd, lightning_attn_fwd, lightning_attn_triton
-
-    q, k, v, h0, slopes = inputs(1, 40, 2, 16, 16, dtype=torch.float32)
-    cu = torch.tensor([0, 7, 40])
-
-    def loss(q, k, v, h0):
-        o, st = lightning_attn_triton(torch.sigmoid(q), k, v, slopes, initial_state=h0, output_final_state=True,
-                                      segment_len=segment_len)
-        return (o**2).sum() + st.sum()
-
-    leaves = [x.clone().requires_grad_() for x in (q, k, v, h0)]
-    want = torch.autograd.grad(loss(*leaves), leaves)
-    got = torch.autograd.grad(torch.compile(loss, fullgraph=True, backend="aot_eager")(*leaves), leaves)
-    for g, w in zip(got, want, strict=True):
-        assert torch.equal(g, w)
-    torch.library.opcheck(lightning_attn_fwd, (q, k, v, slopes, None, cu, False, segment_len))
-    torch.library.opcheck(lightning_attn_fwd, (*leaves[:3], slopes, leaves[3], None, True, segment_len))
-    do = torch.randn(1, 40, 2, 16)
-    torch.library.opcheck(lightning_attn_bwd, (q, k, v, do, None, slopes, h0, torch.empty(0, 2, 16, 16), None, None,
-                                               True))
