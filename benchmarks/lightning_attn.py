@@ -6,7 +6,10 @@ bf16, H = 16, d = e in --dims, B * T = --tokens (B = 1 once T exceeds it), T ove
 Forward and forward+backward throughput (million tokens/s, median of triton's do_bench) and peak
 extra memory (over the inputs) for ours (`lightning_attn`, Triton backend), fla `chunk_simple_gla`
 (g_gamma = -slopes, scale = 1: the same maths) and torch SDPA causal with the flash backend
-(softmax attention, for scale; up to --sdpa-max tokens per sequence), all in this one run. At
+(softmax attention, for scale; up to --sdpa-max tokens per sequence), all in this one run. The
+slopes are those of layer 0 of 8 (the fastest decays); ours is measured again at T = 4096 and the
+longest T with the slopes of --decay-layers (layer 7 of 8 hardly decays), since the local-state
+pass skips tokens beyond a head's decay horizon and so runs faster the faster a head decays. At
 every shape ours is checked against fla (o, dq, dk, dv); --full-check adds states, varlen and a
 float64 check. Writes lightning_attn.md and lightning_attn.json to --out and prints the table.
 """
@@ -149,6 +152,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--sdpa-max", type=int, default=65536)
     p.add_argument("--rep-ms", type=int, default=200)
+    p.add_argument("--decay-layers", type=int, nargs="*", default=[4, 7],
+                   help="layers (of 8) whose slopes ours is also measured with, at T = 4096 and the longest T")
     p.add_argument("--append", action="store_true",
                    help="keep the rows of an earlier run in --out (other d/T) and add this run's commands")
     p.add_argument("--full-check", action="store_true",
@@ -184,7 +189,7 @@ def main() -> None:
             for name, fn in impls.items():
                 if name == "sdpa" and T > args.sdpa_max:
                     continue
-                r = {"d": d, "T": T, "B": B, "impl": name,
+                r = {"d": d, "T": T, "B": B, "impl": name, "layer": 0,
                      **measure(fn, B, T, args.heads, d, slopes, dev, args.rep_ms)}
                 torch.cuda.empty_cache()
                 rows.append(r)
@@ -195,6 +200,15 @@ def main() -> None:
             meta.setdefault("agreement_with_fla", {})[f"d{d}_T{T}"] = err
             print("ours vs fla at the benchmark shape:", {n: f"{x:.1e}" for n, x in err.items()}, flush=True)
             write(args.out, meta, rows, time.time() - t_start)
+        for layer in args.decay_layers:
+            slopes = build_slopes(args.heads, layer_idx=layer, num_layers=8).to(dev)
+            for T in (4096, max(args.seqlens)):
+                r = {"d": d, "T": T, "B": max(1, args.tokens // T), "impl": "ours", "layer": layer,
+                     **measure(ours_fn, max(1, args.tokens // T), T, args.heads, d, slopes, dev, args.rep_ms)}
+                torch.cuda.empty_cache()
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+        write(args.out, meta, rows, time.time() - t_start)
     print(write(args.out, meta, rows, time.time() - t_start))
 
 
@@ -216,7 +230,7 @@ def appended(out_dir: str, meta: dict, dims: list[int], seqlens: list[int]) -> t
 def write(out_dir: str, meta: dict, rows: list[dict], seconds: float) -> str:
     """Write the md and json files; return the markdown."""
     os.makedirs(out_dir, exist_ok=True)
-    get = {(r["d"], r["T"], r["impl"]): r for r in rows}
+    get = {(r["d"], r["T"], r["impl"], r.get("layer", 0)): r for r in rows}
     lines = [
         "# Lightning attention benchmark", "",
         f"- date: {meta['date']}", f"- device: {meta['device']}", f"- command: `{meta['command']}`",
@@ -241,7 +255,7 @@ def write(out_dir: str, meta: dict, rows: list[dict], seconds: float) -> str:
                   "| peak MiB fwd+bwd ours / fla |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for T in sorted({r["T"] for r in rows if r["d"] == d}):
-            o, f, s = (get.get((d, T, n)) for n in ("ours", "fla", "sdpa"))
+            o, f, s = (get.get((d, T, n, 0)) for n in ("ours", "fla", "sdpa"))
             if o is None or f is None:
                 continue
             rf, rb = o["fwd_mtok_s"] / f["fwd_mtok_s"], o["fwd_bwd_mtok_s"] / f["fwd_bwd_mtok_s"]
@@ -253,11 +267,17 @@ def write(out_dir: str, meta: dict, rows: list[dict], seconds: float) -> str:
                          f"| {o['fwd_bwd_peak_mib']:.0f} / {f['fwd_bwd_peak_mib']:.0f} |")
         ts = sorted(T for T in {r["T"] for r in rows if r["d"] == d and r["impl"] == "ours"})
         if 4096 in ts and ts[-1] > 4096:
-            a, b = get[(d, 4096, "ours")], get[(d, ts[-1], "ours")]
-            keep = {m: b[f"{m}_mtok_s"] / a[f"{m}_mtok_s"] for m in ("fwd", "fwd_bwd")}
-            ratios[f"d{d}_constant_speed_T{ts[-1]}_over_T4096"] = keep
-            lines += ["", f"Constant speed (ours, T = {ts[-1]} over T = 4096): fwd {keep['fwd']:.2f}, "
-                      f"fwd+bwd {keep['fwd_bwd']:.2f}"]
+            lines += ["", f"Constant speed (ours, T = {ts[-1]} over T = 4096, by the layer whose slopes are used):",
+                      "", "| slopes of layer (of 8) | fwd 4K / longest | ratio | fwd+bwd 4K / longest | ratio |",
+                      "|---|---|---|---|---|"]
+            for layer in sorted({r.get("layer", 0) for r in rows if r["d"] == d}):
+                a, b = get.get((d, 4096, "ours", layer)), get.get((d, ts[-1], "ours", layer))
+                if a is None or b is None:
+                    continue
+                keep = {m: b[f"{m}_mtok_s"] / a[f"{m}_mtok_s"] for m in ("fwd", "fwd_bwd")}
+                ratios[f"d{d}_constant_speed_T{ts[-1]}_over_T4096" + (f"_layer{layer}" if layer else "")] = keep
+                lines.append(f"| {layer} | {a['fwd_mtok_s']:.1f} / {b['fwd_mtok_s']:.1f} | {keep['fwd']:.2f} "
+                             f"| {a['fwd_bwd_mtok_s']:.1f} / {b['fwd_bwd_mtok_s']:.1f} | {keep['fwd_bwd']:.2f} |")
         lines.append("")
     lines.append(f"Run time: {seconds:.0f} s.")
     md = "\n".join(lines) + "\n"

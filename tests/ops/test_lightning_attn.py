@@ -255,6 +255,32 @@ def test_triton_on_cuda_against_reference():
             assert rel(x.cpu(), r) < 1e-5
 
 
+def test_local_state_pass_skips_tokens_beyond_the_decay_horizon():
+    """A fast-decaying head's local state reads only the tokens whose weight is above 2^-32.
+
+    Head 0 (slope 1) needs the last 23 tokens of its 128-token segment, head 1 (slope 0) all of them.
+    The first 64 tokens are poisoned with NaN in both heads: head 0 must still equal the exact local
+    state of the clean input, head 1 must see the poison.
+    """
+    from mm.ops.lightning_attn.segments import build_segments
+    from mm.ops.lightning_attn.triton_launch import run_local_states
+
+    T, H, d, e = 256, 2, 16, 24
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    b, c = torch.randn(T, H, d, device=dev), torch.randn(T, H, e, device=dev)
+    slopes = torch.tensor([1.0, 0.0], device=dev)
+    segs = build_segments(batch=1, seq_len=T, cu_seqlens=None, num_heads=H, head_dim_v=e,
+                          device=b.device, segment_len=128)
+    weight = torch.exp(-slopes.double()[None, :] * torch.arange(127, -1, -1, dtype=F64, device=dev)[:, None])
+    exact = torch.einsum("th,thi,thj->hij", weight, b[:128].double(), c[:128].double())
+    poisoned = b.clone()
+    poisoned[:64] = float("nan")  # below the first 64-token block that holds a needed token
+    got = run_local_states(poisoned, c, slopes, segs, reverse=False, shift=0)
+    assert rel(got[0, 0], exact[0]) < 1e-6
+    assert torch.isnan(got[0, 1]).all()
+    assert rel(run_local_states(b, c, slopes, segs, reverse=False, shift=0)[0, 1], exact[1]) < 1e-6
+
+
 def test_segment_policy_splits_only_to_fill_the_device(monkeypatch):
     """Split sequences only when (sequence, head) pairs leave multiprocessors idle (132 SMs here)."""
     from mm.ops.lightning_attn import segments
@@ -267,6 +293,32 @@ def test_segment_policy_splits_only_to_fill_the_device(monkeypatch):
     assert segments.choose_segment_len(65536, 1, 16, 64, cuda) == 4096  # e = 64: one tile, 264 pairs wanted
     assert segments.choose_segment_len(16384, 4, 16, 128, cuda) == 8192  # 2 segments per sequence
     assert segments.choose_segment_len(100, 1, 1, 128, cuda) == segments.ALIGN
+
+
+def test_tuned_launch_tunes_once_per_key_then_launches_the_chosen_config(monkeypatch):
+    """GPU launches go through the autotuner once per (key, dtype), then straight to the kernel."""
+    import triton
+
+    from mm.ops.lightning_attn import triton_launch
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name, self.best_config = name, triton.Config({"BLOCK": 64}, num_warps=8, num_stages=3)
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append((self.name, grid, args, kw))
+
+    monkeypatch.setattr(triton_launch, "INTERPRET", True)  # no real autotuner around the recorder
+    tuned = triton_launch._Tuned(Recorder("kernel"), [], ["DA", "SLOTS"])
+    tuned.tuner = Recorder("tuner")
+    x16, x32 = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1)
+    for x, da in ((x16, 64), (x16, 64), (x16, 32), (x32, 64), (x16, 64)):
+        tuned.launch((2, 1), x, 7, DA=da, SLOTS=4)
+    assert [c[0] for c in calls] == ["tuner", "kernel", "tuner", "tuner", "kernel"]
+    assert calls[1][1:3] == ((2, 1), (x16, 7))
+    assert calls[1][3] == {"DA": 64, "SLOTS": 4, **tuned.tuner.best_config.all_kwargs()}
 
 
 def test_host_bounds_read_once_per_tensor_and_again_after_a_change():

@@ -25,6 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+HORIZON_LOG2: tl.constexpr = tl.constexpr(32)  # local-state pass: tokens weighted below 2^-32 are skipped
+
 
 @triton.jit
 def _dot(x, y, PREC: tl.constexpr, UPCAST: tl.constexpr):
@@ -144,6 +146,10 @@ def local_state_kernel(
     """LOCAL[s, h] = sum_r lambda^(len - 1 - r + SHIFT) b_r^T c_r over segment s ([S, H, DB, DC], fp32).
 
     The last segment of each sequence (in processing order) is skipped: nobody reads its local state.
+    Decay horizon: a token whose weight lambda^(len - 1 - r + SHIFT) is below 2^-HORIZON_LOG2 is
+    not read. The dropped tail sums to at most 2^-HORIZON_LOG2 of what the same tokens would add at
+    full weight, far below float32 rounding; a fast-decaying head then reads only its segment's last
+    HORIZON_LOG2 / (slope log2 e) tokens instead of all of them (no effect when the slope is ~0).
     """
     n_v = tl.cdiv(DC, BV)
     i_k = tl.program_id(0) // n_v
@@ -160,7 +166,9 @@ def local_state_kernel(
     mv = rv < DC
     acc = tl.zeros([BK, BV], dtype=tl.float32)
     n_tok = tl.where(last != 0, 0, length)
-    for t0 in range(0, n_tok, BLOCK):
+    reach = tl.minimum(HORIZON_LOG2 / tl.maximum(-ld, 1e-20), 1e9).to(tl.int32) + 1
+    first = tl.maximum(length - reach, 0) // BLOCK * BLOCK
+    for t0 in range(first, n_tok, BLOCK):
         t = t0 + ri
         valid = t < length
         pos = _positions(start, end, t, REVERSE)[:, None]
