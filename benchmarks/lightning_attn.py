@@ -237,6 +237,8 @@ def write(out_dir: str, meta: dict, rows: list[dict], seconds: float) -> str:
         f"- versions: {meta['versions']}",
         f"- setup: bf16, H = {meta['setup']['heads']}, d = e, B * T = {meta['setup']['tokens_per_call']} "
         "tokens per call (B = 1 beyond), million tokens/s (median), peak = extra memory over the inputs",
+        "- slopes: `build_slopes(H, layer_idx=0, num_layers=8)` (2^-0.5 to 2^-8, the fastest decays); the "
+        "constant-speed tables add other layers' slopes",
         f"- peers measured in the same run: {', '.join(meta['setup']['peers'])}", "",
     ]
     if "agreement_with_fla" in meta:
