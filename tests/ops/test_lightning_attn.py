@@ -107,6 +107,21 @@ def test_outputs_states_and_grads(nan_poison, backend, segment_len, T, state):
         assert rel(x, r) < tol, f"{name}: {rel(x, r):.2e}"
 
 
+def test_triton_split_path_past_the_decay_horizon(nan_poison):
+    """Segments much longer than a head's decay horizon: the local-state passes of the forward and of
+    the backward (reverse order, SHIFT 1) skip most tokens of the fast heads, and every output, state
+    and gradient still equals the float64 reference."""
+    B, T, H, d, e = 1, 300, 3, 16, 24
+    q, k, v, h0, _ = inputs(B, T, H, d, e)
+    slopes = torch.tensor([1.0, 0.3, 1e-3])  # reach 23 and 74 tokens of a 128-token segment; all of it
+    do, dst = torch.randn(B, T, H, e, dtype=F64), torch.randn(B, H, d, e, dtype=F64)
+    ref = outputs_and_grads("reference", q, k, v, slopes, h0, do, dst)
+    got = outputs_and_grads("triton", q.float(), k.float(), v.float(), slopes, h0.float(), do, dst,
+                            segment_len=128)
+    for name, x, r in zip(["o", "final_state", "dq", "dk", "dv", "dh0"], got, ref, strict=True):
+        assert rel(x, r) < 1e-5, f"{name}: {rel(x, r):.2e}"
+
+
 @pytest.mark.parametrize("d,e", [(16, 16), (48, 32), (32, 80), (256, 24)])
 def test_triton_feature_dims(nan_poison, d, e):
     """Any d, e in 16..256, powers of two or not, padded inside the kernel."""
