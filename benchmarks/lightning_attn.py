@@ -182,33 +182,30 @@ def main() -> None:
     rows = []
     if args.append:
         meta, rows = appended(args.out, meta, args.dims, args.seqlens)
+
+    def record(impl: str, fn, d: int, T: int, layer: int, slopes: torch.Tensor) -> None:
+        B = max(1, args.tokens // T)
+        rows.append({"d": d, "T": T, "B": B, "impl": impl, "layer": layer,
+                     **measure(fn, B, T, args.heads, d, slopes, dev, args.rep_ms)})
+        torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), flush=True)
+        write(args.out, meta, rows, time.time() - t_start)
+
     for d in args.dims:
         slopes = build_slopes(args.heads, layer_idx=0, num_layers=8).to(dev)
         for T in args.seqlens:
-            B = max(1, args.tokens // T)
             for name, fn in impls.items():
-                if name == "sdpa" and T > args.sdpa_max:
-                    continue
-                r = {"d": d, "T": T, "B": B, "impl": name, "layer": 0,
-                     **measure(fn, B, T, args.heads, d, slopes, dev, args.rep_ms)}
-                torch.cuda.empty_cache()
-                rows.append(r)
-                print(json.dumps(r), flush=True)
-                write(args.out, meta, rows, time.time() - t_start)
+                if name != "sdpa" or T <= args.sdpa_max:
+                    record(name, fn, d, T, 0, slopes)
             # cheap: both kernels are compiled and tuned for this shape already
             err = agreement(impls["ours"], impls["fla"], max(1, args.tokens // T), T, args.heads, d, slopes, dev)
             meta.setdefault("agreement_with_fla", {})[f"d{d}_T{T}"] = err
             print("ours vs fla at the benchmark shape:", {n: f"{x:.1e}" for n, x in err.items()}, flush=True)
             write(args.out, meta, rows, time.time() - t_start)
         for layer in args.decay_layers:
-            slopes = build_slopes(args.heads, layer_idx=layer, num_layers=8).to(dev)
+            layer_slopes = build_slopes(args.heads, layer_idx=layer, num_layers=8).to(dev)
             for T in (4096, max(args.seqlens)):
-                r = {"d": d, "T": T, "B": max(1, args.tokens // T), "impl": "ours", "layer": layer,
-                     **measure(ours_fn, max(1, args.tokens // T), T, args.heads, d, slopes, dev, args.rep_ms)}
-                torch.cuda.empty_cache()
-                rows.append(r)
-                print(json.dumps(r), flush=True)
-        write(args.out, meta, rows, time.time() - t_start)
+                record("ours", ours_fn, d, T, layer, layer_slopes)
     print(write(args.out, meta, rows, time.time() - t_start))
 
 
