@@ -183,15 +183,56 @@ def test_triton_half_precision(nan_poison, dtype, tol):
         assert rel(x, r) < tol
 
 
-@pytest.mark.parametrize("backend", ["chunked", "triton"])
-def test_strided_views_as_inputs(backend):
-    """q, k, v cut from one fused projection (non-contiguous views) give the same result."""
-    x = torch.randn(2, 64, 3, 3 * 16)
-    q, k, v = x.split(16, dim=-1)  # [2, 64, 3, 16] each, strided
-    slopes = build_slopes(3)
-    o, st = run(backend, q, k, v, slopes, None)
-    o_ref, st_ref = lightning_attn_quadratic(*(t.double() for t in (q, k, v)), slopes)
-    assert not q.is_contiguous() and rel(o, o_ref) < 1e-5 and rel(st, st_ref) < 1e-5
+LAYOUTS = {  # (storage [.., 3, ..] of q, k, v together, how to cut [B, T, H, d] views from it)
+    # q, k, v cut from one fused projection [B, T, H, 3d]: token stride 3Hd, head stride 3d
+    "fused-projection": (lambda B, T, H, d: (B, T, H, 3 * d), lambda x, d: x.split(d, dim=-1)),
+    # heads-first storage [3, B, H, T, d] seen as [B, T, H, d]: B and T do not merge into one stride
+    "heads-first": (lambda B, T, H, d: (3, B, H, T, d), lambda x, d: x.transpose(2, 3).unbind(0)),
+    # the feature dimension itself strided: the kernels need it dense, so this one is copied
+    "strided-features": (lambda B, T, H, d: (B, T, H, 6 * d), lambda x, d: x[..., ::2].split(d, dim=-1)),
+}
+
+
+@pytest.mark.parametrize("backend,segment_len", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_strided_views_as_inputs(nan_poison, backend, segment_len, layout):
+    """Non-contiguous q, k, v give the reference's outputs and gradients, split path included."""
+    B, T, H, d = 2, 70, 3, 16
+    shape, cut = LAYOUTS[layout]
+    storage = torch.randn(shape(B, T, H, d), dtype=F64)
+    slopes = build_slopes(H)
+    do, dst = torch.randn(B, T, H, d, dtype=F64), torch.randn(B, H, d, d, dtype=F64)
+
+    def outputs_and_grads_of_views(backend, storage, **kw):
+        leaf = storage.detach().clone().requires_grad_()  # dense: the clone keeps the layout
+        q, k, v = cut(leaf, d)
+        assert not q.is_contiguous()
+        o, st = run(backend, q, k, v, slopes, None, **kw)
+        (grad,) = torch.autograd.grad((o.to(F64) * do).sum() + (st.to(F64) * dst).sum(), leaf)
+        return (o, st, *cut(grad, d))
+
+    ref = outputs_and_grads_of_views("reference", storage)
+    kw = {} if backend == "chunked" else {"segment_len": segment_len}
+    got = outputs_and_grads_of_views(backend, storage if backend == "chunked" else storage.float(), **kw)
+    for name, x, r in zip(["o", "final_state", "dq", "dk", "dv"], got, ref, strict=True):
+        assert rel(x, r) < (1e-12 if backend == "chunked" else 1e-5), f"{name}: {rel(x, r):.2e}"
+
+
+def test_triton_reads_views_of_a_fused_projection_without_copying_them():
+    """What the op saves for backward are the views themselves (no contiguous copies of q, k, v)."""
+    from mm.ops.lightning_attn.triton_function import lightning_attn_triton
+
+    qkv = torch.randn(1, 20, 2, 3 * 16, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lightning_attn_triton(*qkv.split(16, dim=-1), build_slopes(2))
+    storage = qkv.untyped_storage().data_ptr()
+    assert sum(t.untyped_storage().data_ptr() == storage for t in saved) == 3
 
 
 def test_default_backend_is_chunked_on_cpu_and_differentiable():
@@ -258,9 +299,11 @@ def test_argument_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; the same checks run above on CPU")
-def test_triton_on_cuda_against_reference():
-    q, k, v, h0, slopes = inputs(2, 300, 4, 64, 64)
-    do, dst = torch.randn(2, 300, 4, 64, dtype=F64), torch.randn(2, 4, 64, 64, dtype=F64)
+@pytest.mark.parametrize("d,e", [(64, 64), (16, 16), (24, 48), (256, 128)])
+def test_triton_on_cuda_against_reference(d, e):
+    """The autotuned kernels (the interpreter runs one fixed config) at head widths from 16 to 256."""
+    q, k, v, h0, slopes = inputs(2, 300, 4, d, e)
+    do, dst = torch.randn(2, 300, 4, e, dtype=F64), torch.randn(2, 4, d, e, dtype=F64)
     ref = outputs_and_grads("reference", q, k, v, slopes, h0, do, dst)
     dev = [x.float().cuda() for x in (q, k, v, h0)]
     for seg in (None, 256):
@@ -308,6 +351,15 @@ def test_segment_policy_splits_only_to_fill_the_device(monkeypatch):
     assert segments.choose_segment_len(65536, 1, 16, 64, cuda) == 4096  # e = 64: one tile, 264 pairs wanted
     assert segments.choose_segment_len(16384, 4, 16, 128, cuda) == 8192  # 2 segments per sequence
     assert segments.choose_segment_len(100, 1, 1, 128, cuda) == segments.ALIGN
+
+
+@pytest.mark.parametrize("bda", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("bdc", [16, 32, 64, 128, 256])
+def test_every_head_width_has_an_output_config_that_fits(bda, bdc):
+    from mm.ops.lightning_attn.triton_launch import fitting_output_configs
+
+    configs = fitting_output_configs(bda, bdc)
+    assert configs and all(c.kwargs["BV"] <= bdc and bda * c.kwargs["BV"] <= 128 * 128 for c in configs)
 
 
 def test_tuned_launch_tunes_once_per_key_then_launches_the_chosen_config(monkeypatch):

@@ -40,6 +40,13 @@ def _backward(q, k, v, do, dht, slopes, segs, s_in, s_strides, need_dh0):
     return dq, dk, dv, dh0
 
 
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, H, D] -> [B·T, H, D] without a copy where the strides allow (views of a fused qkv
+    projection do); the kernels take token and head strides but need D dense."""
+    x = x.flatten(0, 1)
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 class LightningAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, initial_state, cu_seqlens, output_final_state, segment_len):
@@ -47,7 +54,7 @@ class LightningAttnFunction(torch.autograd.Function):
         e = v.shape[-1]
         segs = build_segments(batch=B, seq_len=T, cu_seqlens=cu_seqlens, num_heads=H, head_dim_v=e,
                               device=q.device, segment_len=segment_len)
-        qf, kf, vf = (x.contiguous().view(B * T, H, x.shape[-1]) for x in (q, k, v))
+        qf, kf, vf = (_tokens(x) for x in (q, k, v))
         h0 = None if initial_state is None else initial_state.contiguous()
         o, ht, s_in, s_strides = _forward(qf, kf, vf, slopes, h0, segs, output_final_state)
         ctx.save_for_backward(qf, kf, vf, slopes, s_in)

@@ -76,7 +76,7 @@ def _positions(start, end, t, REVERSE: tl.constexpr):
 @triton.jit
 def output_kernel(
     A, Bk, C, OUT, S_IN, S_OUT, SLOPES, SEG,
-    stride_a, stride_c,
+    sa_t, sa_h, sb_t, sb_h, sc_t, sc_h, so_t, so_h,  # token and head strides of a, b, c, out
     sin_seg, sin_h, sin_i, sin_j,
     sout_n, sout_h, sout_i, sout_j,
     SLOTS,  # autotune key only: log2 bucket of the number of (segment, head) programs
@@ -106,23 +106,23 @@ def output_kernel(
     else:
         state = tl.zeros([BDA, BV], dtype=tl.float32)
 
-    a_base = A + i_h * DA + rk[None, :]
-    b_base = Bk + i_h * DA + rk[None, :]
-    c_base = C + i_h * DC + rv[None, :]
-    o_base = OUT + i_h * DC + rv[None, :]
+    a_base = A + i_h * sa_h + rk[None, :]
+    b_base = Bk + i_h * sb_h + rk[None, :]
+    c_base = C + i_h * sc_h + rv[None, :]
+    o_base = OUT + i_h * so_h + rv[None, :]
     for t0 in range(0, length, BLOCK):
         t = t0 + ri
         valid = t < length
         pos = _positions(start, end, t, REVERSE)[:, None]
         m_ab = valid[:, None] & mk[None, :]
         m_c = valid[:, None] & mv[None, :]
-        a = tl.load(a_base + pos * stride_a, mask=m_ab, other=0.0)
-        b = tl.load(b_base + pos * stride_a, mask=m_ab, other=0.0)
-        c = tl.load(c_base + pos * stride_c, mask=m_c, other=0.0)
+        a = tl.load(a_base + pos * sa_t, mask=m_ab, other=0.0)
+        b = tl.load(b_base + pos * sb_t, mask=m_ab, other=0.0)
+        c = tl.load(c_base + pos * sc_t, mask=m_c, other=0.0)
         scores = _dot(a, tl.trans(b), PREC, UPCAST) * intra
         out = _dot(_cast(scores, c.dtype, UPCAST), c, PREC, UPCAST)
         out += _dot(_cast(a * qdec[:, None], c.dtype, UPCAST), _cast(state, c.dtype, UPCAST), PREC, UPCAST)
-        tl.store(o_base + pos * stride_c, _cast(out, OUT.dtype.element_ty, UPCAST).to(OUT.dtype.element_ty), mask=m_c)
+        tl.store(o_base + pos * so_t, _cast(out, OUT.dtype.element_ty, UPCAST).to(OUT.dtype.element_ty), mask=m_c)
         nb = tl.minimum(length - t0, BLOCK)
         kdec = tl.where(valid, tl.exp2(ld * tl.maximum(nb - 1 - ri + SHIFT, 0).to(tl.float32)), 0.0)
         bd = _cast(b * kdec[:, None], c.dtype, UPCAST)
@@ -137,7 +137,7 @@ def output_kernel(
 @triton.jit
 def local_state_kernel(
     Bk, C, LOCAL, SLOPES, SEG,
-    stride_b, stride_c,
+    sb_t, sb_h, sc_t, sc_h,  # token and head strides of b and c
     SLOTS,
     DB: tl.constexpr, DC: tl.constexpr,
     REVERSE: tl.constexpr, SHIFT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -172,8 +172,8 @@ def local_state_kernel(
         t = t0 + ri
         valid = t < length
         pos = _positions(start, end, t, REVERSE)[:, None]
-        b = tl.load(Bk + i_h * DB + pos * stride_b + rk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
-        c = tl.load(C + i_h * DC + pos * stride_c + rv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
+        b = tl.load(Bk + i_h * sb_h + pos * sb_t + rk[None, :], mask=valid[:, None] & mk[None, :], other=0.0)
+        c = tl.load(C + i_h * sc_h + pos * sc_t + rv[None, :], mask=valid[:, None] & mv[None, :], other=0.0)
         dec = tl.where(valid, tl.exp2(ld * tl.maximum(length - 1 - t + SHIFT, 0).to(tl.float32)), 0.0)
         acc += _dot(tl.trans(_cast(b * dec[:, None], c.dtype, UPCAST)), c, PREC, UPCAST)
     base = (i_s.to(tl.int64) * H + i_h) * DB * DC

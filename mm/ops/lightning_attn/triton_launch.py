@@ -1,6 +1,7 @@
 """Launch functions for the Triton kernels (tier 1: tensors in, tensors out, no autograd).
 
-All token tensors are flattened and contiguous: `[N_tokens, H, D]`. States are float32.
+All token tensors are `[N_tokens, H, D]`, dense along D (any token and head strides: q, k, v may be
+views into one fused projection). Outputs are contiguous. States are float32.
 On GPU the output and local-state kernels are autotuned; under TRITON_INTERPRET=1 (CPU tests)
 they run with one fixed small configuration, since autotuning does not run under the interpreter.
 """
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
+
+from mm.ops.triton_interpreter import INTERPRET
 
 from .segments import Segments
 from .triton_kernels import (
@@ -23,35 +25,9 @@ from .triton_kernels import (
     scan_kernel,
 )
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _OUT_KEY = ["SLOTS", "DA", "DC", "REVERSE", "SHIFT", "HAS_SIN", "HAS_SOUT", "PREC"]
 _LOCAL_KEY = ["SLOTS", "DB", "DC", "REVERSE", "SHIFT", "PREC"]
 Strides = tuple[int, int, int, int]
-
-
-def _patch_interpreter_index() -> None:
-    """Let runtime loop bounds work under the interpreter with NumPy >= 2.4.
-
-    Triton 3.6's interpreter holds scalars as 1-element arrays and converts them with int(array),
-    which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted"), so `range(0, n)` with a
-    runtime n fails. Re-register the scalar's __index__ through the array's single element.
-    """
-    from triton.runtime import interpreter
-
-    original = getattr(interpreter, "_patch_lang_tensor", None)
-    if original is None or getattr(original, "mm_patched", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched.mm_patched = True
-    interpreter._patch_lang_tensor = patched
-
-
-if INTERPRET:
-    _patch_interpreter_index()
 
 
 def padded(dim: int) -> int:
@@ -87,12 +63,18 @@ class _Tuned:
             self.kernel[grid](*args, **kwargs, **config)
 
 
-@functools.cache
-def _tuned_output(bda: int, bdc: int) -> _Tuned:
+def fitting_output_configs(bda: int, bdc: int) -> list[triton.Config]:
+    """The output kernel's configs for padded widths (bda, bdc): BV no wider than bdc, the state tile
+    at most 128 × 128, narrow BV only where needed; one full-width config when none is left (d < 32)."""
     keep = [c for c in output_configs()
             if c.kwargs["BV"] <= bdc and bda * c.kwargs["BV"] <= 128 * 128
             and (c.kwargs["BV"] >= 64 or bda > 128 or bdc < 64)]
-    return _Tuned(output_kernel, keep, _OUT_KEY)
+    return keep or [triton.Config({"BLOCK": 64, "BV": bdc}, num_warps=4, num_stages=2)]
+
+
+@functools.cache
+def _tuned_output(bda: int, bdc: int) -> _Tuned:
+    return _Tuned(output_kernel, fitting_output_configs(bda, bdc), _OUT_KEY)
 
 
 @functools.cache
@@ -108,6 +90,13 @@ def _prec(x: torch.Tensor) -> str:
 
 def _upcast(x: torch.Tensor) -> bool:
     return INTERPRET and x.dtype == torch.bfloat16
+
+
+def _token_head(x: torch.Tensor) -> tuple[int, int]:
+    """Token and head strides of a `[N_tok, H, D]` tensor; the last dimension must be dense."""
+    if x.stride(-1) != 1:
+        raise ValueError(f"lightning attention needs unit stride along the head dimension, got strides {x.stride()}")
+    return x.stride(0), x.stride(1)
 
 
 def _slots(n: int) -> int:
@@ -126,7 +115,7 @@ def run_output(
     """
     _, H, DA = a.shape
     DC = c.shape[-1]
-    out = torch.empty_like(c)
+    out = torch.empty(c.shape, device=c.device, dtype=c.dtype)  # contiguous, whatever c's strides
     bda, bdc = padded(DA), padded(DC)
     fixed = {"BLOCK": 16, "BV": bdc} if INTERPRET else {}
     sin_st = s_in_strides if s_in is not None else (0, 0, 0, 0)
@@ -137,7 +126,8 @@ def run_output(
 
     _tuned_output(bda, bdc).launch(
         grid, a, b, c, out, s_in if s_in is not None else slopes, s_out if s_out is not None else slopes,
-        slopes, segs.table, a.stride(0), c.stride(0), *sin_st, *sout_st, SLOTS=_slots(segs.num_segments * H),
+        slopes, segs.table, *_token_head(a), *_token_head(b), *_token_head(c), *_token_head(out), *sin_st, *sout_st,
+        SLOTS=_slots(segs.num_segments * H),
         DA=DA, DC=DC, BDA=bda, REVERSE=reverse, SHIFT=shift, HAS_SIN=s_in is not None,
         HAS_SOUT=s_out is not None, PREC=_prec(a), UPCAST=_upcast(a), **fixed,
     )
@@ -155,7 +145,7 @@ def run_local_states(
     grid = (triton.cdiv(DB, bk) * triton.cdiv(DC, bv), H, segs.num_segments)
     fixed = {"BLOCK": 16} if INTERPRET else {}
     _tuned_local().launch(
-        grid, b, c, local, slopes, segs.table, b.stride(0), c.stride(0), SLOTS=_slots(segs.num_segments * H),
+        grid, b, c, local, slopes, segs.table, *_token_head(b), *_token_head(c), SLOTS=_slots(segs.num_segments * H),
         DB=DB, DC=DC, REVERSE=reverse, SHIFT=shift, PREC=_prec(b), UPCAST=_upcast(b), BK=bk, BV=bv, **fixed,
     )
     return local
