@@ -77,7 +77,7 @@ class LMOutput:
     logits: torch.Tensor  # [B, T, vocab]
     loss: torch.Tensor | None = None  # training objective: lm_loss + aux_coef·aux_loss + z_coef·z_loss
     lm_loss: torch.Tensor | None = None  # mean cross-entropy over labels != -100 (0 when there are none)
-    num_tokens: int = 0  # tokens that entered lm_loss
+    num_tokens: torch.Tensor | int = 0  # tokens that entered lm_loss (a device scalar: reading it waits)
     aux_loss: torch.Tensor | None = None  # load-balance loss, mean over MoE layers
     z_loss: torch.Tensor | None = None  # router z-loss, mean over MoE layers
     tokens_per_expert: torch.Tensor | None = None  # [layers with MoE, E] routed assignments
@@ -206,7 +206,13 @@ def compile_layers(model: LM) -> LM:
     Shapes start static; one that changes (the document count of packed batches) turns symbolic
     after one recompile rather than recompiling for every batch. The compiled cross-entropy reads
     the bf16 logits once, without eager's float32 copy of them and the float32 log-probabilities it
-    keeps for backward (8 bytes per logit: 8 GiB for 32K tokens of a 32K vocabulary)."""
+    keeps for backward (8 bytes per logit: 8 GiB for 32K tokens of a 32K vocabulary).
+
+    Dynamo resumes after the lightning op inside the attention module rather than restarting at each
+    enclosing call (``nested_graph_breaks``): a lightning layer is two graphs, not five, and the
+    gradient of the normalised input is summed in one eager add per layer instead of two. The
+    setting is process-wide; it changes where compiled code resumes, not what it computes."""
+    torch._dynamo.config.nested_graph_breaks = True
     for layer in model.layers:
         layer.compile()
     model.summed_cross_entropy = torch.compile(summed_cross_entropy)
@@ -234,7 +240,9 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, summed=summed_cross_entropy
-                        ) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over labels != -100, in float32; 0 (not NaN) when every label is ignored."""
-    count = int((labels != -100).sum())
-    return summed(logits, labels) / max(count, 1), count
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy over labels != -100 in float32, 0 rather than NaN when every label is ignored;
+    the count of those labels). Both stay on the device: the host does not wait for the forward here,
+    so it can queue the backward while the forward runs."""
+    count = (labels != -100).sum()
+    return summed(logits, labels) / count.clamp(min=1), count

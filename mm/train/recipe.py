@@ -38,8 +38,9 @@ class BatchSource(Protocol):
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # scalar, the mean over the `count` units of the micro-batch
-    count: int  # units (tokens, samples) in the micro-batch, for throughput
-    metrics: dict[str, float] = field(default_factory=dict)  # extra figures to log (aux losses, ...)
+    count: int | torch.Tensor  # units (tokens, samples) in the micro-batch, for throughput
+    # extra figures to log (aux losses, ...); device scalars are read after the backward is queued
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class Recipe(abc.ABC):

@@ -71,6 +71,13 @@ def _preserved_rng():
         set_rng_state(state)
 
 
+def _host_floats(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Metrics as Python floats, the device scalars among them in one device-to-host copy."""
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    values = iter(torch.stack([v.detach().float().reshape(()) for v in tensors.values()]).tolist() if tensors else [])
+    return {k: next(values) if k in tensors else float(v) for k, v in metrics.items()}
+
+
 class _Window:
     """Running sums between two log events."""
 
@@ -159,9 +166,9 @@ class Trainer:
             with _autocast(self.device, self.cfg.run.precision):
                 out = self.recipe.loss(self.model, batch)
             (out.loss / accum).backward()
-            loss_total += out.loss.item() / accum
-            units += out.count
-            for key, value in out.metrics.items():
+            loss_total += out.loss.item() / accum  # read once the backward is queued
+            units += int(out.count)
+            for key, value in _host_floats(out.metrics).items():
                 extra[key] += value / accum
         clip = self.cfg.optim.grad_clip or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()

@@ -69,6 +69,46 @@ def test_compiled_layers_match_eager():
     assert list(compiled.state_dict()) == list(eager.state_dict())
 
 
+def test_compiled_lightning_layer_is_two_graphs_around_the_op():
+    """The graph break at the lightning op splits a layer in two (before the op, after it), not at
+    every enclosing call: fewer graphs, and the normalised input's gradient summed in fewer places."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = compile_layers(LM(tiny(attn_type_list=["lightning", "lightning"])))
+    model(torch.randint(0, 50, (1, 9)))
+    assert counters["stats"]["unique_graphs"] == 2  # both layers share the two graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="needs a GPU with native grouped matmuls (the padded fallback reads group sizes)")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_training_step_never_waits_on_the_device(compiled):
+    """Forward with labels, backward and optimizer step queue without a host sync, so the host runs
+    ahead of the GPU (a sync between forward and backward leaves the GPU idle while the backward is
+    being launched)."""
+    model = LM(tiny(**HYBRID, hidden=64, head_dim=16)).cuda()
+    model = compile_layers(model) if compiled else model
+    opt = torch.optim.AdamW(model.parameters(), fused=True)
+    ids = torch.randint(0, 50, (2, 64), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # first call: compilation, autotuning and cached tables may wait on the device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_tied_embeddings_share_storage():
     model = LM(tiny(tie_embeddings=True))
     assert model.lm_head.weight is model.embed_tokens.weight

@@ -38,18 +38,18 @@ class LMRecipeConfig(RecipeConfig):
     eval: LMEvalConfig = field(default_factory=LMEvalConfig)
 
 
-def router_metrics(out) -> dict[str, float]:
-    """Load figures of the MoE layers: worst expert's load over the mean, dropped share, aux losses."""
+def router_metrics(out) -> dict[str, torch.Tensor]:
+    """Load figures of the MoE layers: worst expert's load over the mean, dropped share, aux losses.
+    Device scalars: the trainer reads them after queueing the backward."""
     if out.tokens_per_expert is None:
         return {}
     load = out.tokens_per_expert.float()  # [layers, E]
-    figures = torch.stack([
-        out.lm_loss.detach().float(), out.aux_loss.detach(), out.z_loss.detach(),
-        (load.max(-1).values / load.mean(-1).clamp(min=1e-9)).mean(),
-        out.dropped.float() / load.sum().clamp(min=1),
-    ]).tolist()  # one device-to-host copy per micro-batch, not five
-    names = ("lm_loss", "router/aux_loss", "router/z_loss", "router/max_load", "router/dropped_frac")
-    return dict(zip(names, figures, strict=True))
+    return {
+        "lm_loss": out.lm_loss.detach().float(), "router/aux_loss": out.aux_loss.detach(),
+        "router/z_loss": out.z_loss.detach(),
+        "router/max_load": (load.max(-1).values / load.mean(-1).clamp(min=1e-9)).mean(),
+        "router/dropped_frac": out.dropped.float() / load.sum().clamp(min=1),
+    }
 
 
 class LMRecipe(Recipe):
@@ -108,7 +108,8 @@ class LMRecipe(Recipe):
         for batch in self._heldout_batches():
             out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
                         cu_seqlens=batch["cu_seqlens"].to(device))
-            nll += out.loss.item() * out.num_tokens
-            n += out.num_tokens
+            count = int(out.num_tokens)
+            nll += out.lm_loss.item() * count  # the language-model loss alone, without the router's terms
+            n += count
         loss = nll / max(n, 1)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "unigram_loss": self.unigram_loss()}
