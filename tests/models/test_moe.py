@@ -52,7 +52,7 @@ def assert_same_gradients(moe, x, y, x_ref, ref):
         torch.testing.assert_close(g, torch.zeros_like(g) if w is None else w, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("experts, top_k, tokens", [(4, 2, 13), (3, 1, 1), (5, 3, 7), (8, 2, 31)])
+@pytest.mark.parametrize("experts, top_k, tokens", [(4, 2, 13), (3, 1, 1), (5, 3, 7), (8, 2, 31), (300, 2, 9)])
 def test_matches_per_token_loop_with_gradients(experts, top_k, tokens):
     moe = make(experts, top_k)
     x, y, x_ref, ref, stats = run_both(moe, tokens)
