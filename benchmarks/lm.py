@@ -9,10 +9,14 @@ Sections, each measured against its peer in the same run:
   the same shape with every layer softmax (SDPA flash). B·T = --tokens per step; AdamW; bf16 autocast.
   With --compile each model also runs with its decoder layers under torch.compile (compile time
   is spent in the warm-up steps, outside the timing).
-  MFU = 6 · active non-embedding parameters · tokens/s / 989 TFLOP/s (H200 dense bf16 datasheet).
+  MFU = model FLOPs · tokens/s / 989 TFLOP/s (H200 dense bf16 datasheet); model FLOPs per token are
+  6 · active parameters (the LM head included, the embedding lookup not, experts top_k / E) plus
+  attention's (see model_flops_per_token). Each step waits for the previous one, as `mm train` does.
 - moe: the MoE layer alone (router + permute + grouped SwiGLU experts + unpermute, forward+backward,
   bf16) in TFLOP/s against a dense SwiGLU of the same active FLOPs and a Python loop over experts,
-  with even and skewed routing; with --compile also the layer under torch.compile.
+  with even and skewed routing; with --compile also the layer under torch.compile. Calls run back to
+  back (the host ahead of the device, as inside a model); the last two columns wait for each call,
+  which adds the host's launch lead to every call.
 - decode: ms per generated token after a prompt of 1K / 16K / 128K tokens, hybrid vs all-softmax.
 - check: packed softmax attention through FlashAttention varlen (CUDA) against the masked path.
 """
@@ -28,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.common import time_ms, write_results  # noqa: E402
+from benchmarks.common import back_to_back_ms, time_ms, write_results  # noqa: E402
 from mm.layers.moe import MoE  # noqa: E402
 from mm.layers.swiglu import SwiGLU  # noqa: E402
 from mm.models.lm import LM, LMConfig, compile_layers  # noqa: E402
@@ -50,13 +54,26 @@ def model_config(variant: str, tiny: bool) -> LMConfig:
 
 
 def active_params(model: LM) -> int:
-    """Non-embedding parameters one token meets: everything but embeddings, experts counted top_k times."""
-    cfg, total = model.cfg, 0
+    """Parameters one token meets in a matmul: everything but the input embedding (a lookup), experts
+    counted top_k / E, the LM head counted once (also when tied to the embedding)."""
+    cfg = model.cfg
+    total = cfg.vocab_size * cfg.hidden  # the LM head
     for name, p in model.named_parameters():
         if name.startswith(("embed_tokens", "lm_head")):
             continue
         total += p.numel() * cfg.top_k // cfg.experts if name.endswith((".gate_up", ".down")) else p.numel()
     return total
+
+
+def model_flops_per_token(model: LM, seq: int) -> float:
+    """Training FLOPs per token, forward + backward (3 × forward): 6 · active parameters, plus the
+    token mixing: causal softmax attention 6·T·H·d per layer (PaLM's 12·T·H·d, halved for causality),
+    lightning attention 12·H·d² per layer (state update kᵀv and readout q·S, 2·d² each, per head)."""
+    cfg = model.cfg
+    kinds = cfg.layer_types
+    mixing = kinds.count("softmax") * 6 * seq * cfg.heads * cfg.head_dim
+    mixing += kinds.count("lightning") * 12 * cfg.heads * cfg.head_dim**2
+    return 6 * active_params(model) + mixing
 
 
 def train_row(variant: str, compiled: bool, seq: int, args, dev) -> dict:
@@ -81,11 +98,11 @@ def train_row(variant: str, compiled: bool, seq: int, args, dev) -> dict:
 
     ms = time_ms(step, warmup=2, repeat=args.repeat)
     tok_s = batch * seq / (ms / 1e3)
-    active = active_params(model)
+    flops = model_flops_per_token(model, seq)
     return {
         "seq_len": seq, "model": variant, "compiled": compiled, "batch": batch,
-        "params (M)": sum(p.numel() for p in model.parameters()) / 1e6, "active non-emb (M)": active / 1e6,
-        "step ms": ms, "tokens/s": tok_s, "MFU %": 100 * 6 * active * tok_s / PEAK_FLOPS,
+        "params (M)": sum(p.numel() for p in model.parameters()) / 1e6, "active (M)": active_params(model) / 1e6,
+        "GFLOP/token": flops / 1e9, "step ms": ms, "tokens/s": tok_s, "MFU %": 100 * flops * tok_s / PEAK_FLOPS,
         "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0,
     }  # fmt: skip
 
@@ -145,14 +162,16 @@ def bench_moe(args, dev) -> list[dict]:
         if args.compile:
             compiled = torch.compile(moe, dynamic=False)
             peers["ours (compiled)"] = lambda x, compiled=compiled: compiled(x)[0]
-        times = {}
+        times, waited = {}, {}
         for name, fn in peers.items():
-            times[name] = time_ms(lambda fn=fn, x=x, grad=grad: torch.autograd.backward(fn(x), grad),
-                                  repeat=args.repeat)
+            call = lambda fn=fn, x=x, grad=grad: torch.autograd.backward(fn(x), grad)  # noqa: E731
+            times[name] = back_to_back_ms(call, repeat=4 * args.repeat)
+            waited[name] = time_ms(call, repeat=args.repeat)
         for name, ms in times.items():
             rows.append({"routing": routing, "max/mean load": (counts.max() / counts.float().mean()).item(),
                          "impl": name, "fwd+bwd ms": ms, "TFLOP/s": flops / (ms / 1e3) / 1e12,
-                         "vs dense": times["dense SwiGLU"] / ms})
+                         "vs dense": times["dense SwiGLU"] / ms, "ms, each call waited on": waited[name],
+                         "vs dense, waited": waited["dense SwiGLU"] / waited[name]})
         print(rows[-len(peers):], flush=True)
     return rows
 
@@ -225,10 +244,11 @@ def main() -> None:
     plan = [
         ("check", dev.type == "cuda", lambda: check_varlen(dev), ["check", "relative error", "ok"]),
         ("moe layer: forward+backward", args.only in (None, "moe"), lambda: bench_moe(args, dev),
-         ["routing", "max/mean load", "impl", "fwd+bwd ms", "TFLOP/s", "vs dense"]),
+         ["routing", "max/mean load", "impl", "fwd+bwd ms", "TFLOP/s", "vs dense", "ms, each call waited on",
+          "vs dense, waited"]),
         ("train: tokens/s and MFU", args.only in (None, "train"), lambda: bench_train(args, dev),
-         ["seq_len", "model", "compiled", "batch", "params (M)", "active non-emb (M)", "step ms", "tokens/s", "MFU %",
-          "peak GiB", "vs own shortest", "vs all-softmax"]),
+         ["seq_len", "model", "compiled", "batch", "params (M)", "active (M)", "GFLOP/token", "step ms", "tokens/s",
+          "MFU %", "peak GiB", "vs own shortest", "vs all-softmax"]),
         ("decode: ms per token", args.only in (None, "decode"), lambda: bench_decode(args, dev),
          ["model", "context", "ms/token", "cache MiB", "vs own 1st context"]),
     ]  # fmt: skip
