@@ -25,11 +25,29 @@ def on_cuda(A, f):
     return pytest.param("cuda", A, f, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
 
 
-@pytest.mark.parametrize("device,A,f", [("cpu", 1, 16), ("cpu", 13, 5), ("cpu", 37, 40), ("cpu", 64, 33),
-                                        on_cuda(1021, 1536), on_cuda(3, 300)])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_forward_and_triton_backward(nan_poison, device, A, f, dtype, tol):
-    """One row, primes, widths past the column block (16 under the interpreter, 256 on a GPU)."""
+SHAPES = [("cpu", 1, 16), ("cpu", 13, 5), ("cpu", 37, 40), ("cpu", 64, 33), on_cuda(1021, 1536), on_cuda(3, 300)]
+DTYPES = [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)]
+
+
+@pytest.mark.parametrize("device,A,f", SHAPES)
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_triton_backward_kernel(nan_poison, device, A, f, dtype, tol):
+    """The kernel (under the interpreter on CPU): one row, primes, widths past the column block
+    (16 under the interpreter, 256 on a GPU)."""
+    from mm.ops.weighted_swiglu.triton_kernel import weighted_swiglu_backward
+
+    gu, w = (3 * torch.randn(A, 2 * f, device=device)).to(dtype), torch.rand(A, device=device)
+    dh = torch.randn(A, f, device=device).to(dtype)
+    _, dgu_ref, dw_ref = autograd_of_formula(gu, w, dh)
+    dgu, dw = weighted_swiglu_backward(gu, w, dh)
+    assert dgu.dtype == dtype and dw.dtype == torch.float32
+    assert rel(dgu, dgu_ref) < tol and rel(dw, dw_ref) < tol
+
+
+@pytest.mark.parametrize("device,A,f", [("cpu", 13, 5), on_cuda(1021, 1536)])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_forward_and_autograd(device, A, f, dtype, tol):
+    """Through autograd: torch formulas on CPU, the kernel on CUDA."""
     gu = (3 * torch.randn(A, 2 * f, device=device)).to(dtype).requires_grad_()
     w, dh = torch.rand(A, device=device).requires_grad_(), torch.randn(A, f, device=device).to(dtype)
     h_ref, dgu_ref, dw_ref = autograd_of_formula(gu, w, dh)
