@@ -6,6 +6,7 @@ import datetime
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -35,8 +36,6 @@ def time_ms(fn, warmup: int = 3, repeat: int = 10) -> float:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         else:
-            import time
-
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
@@ -51,8 +50,6 @@ def back_to_back_ms(fn, warmup: int = 3, repeat: int = 10) -> float:
     for _ in range(warmup):
         fn()
     if not torch.cuda.is_available():
-        import time
-
         t0 = time.perf_counter()
         for _ in range(repeat):
             fn()
