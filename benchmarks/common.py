@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -18,7 +19,7 @@ def provenance() -> dict:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device,
         "torch": torch.__version__,
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + shlex.join(sys.argv),
     }
 
 

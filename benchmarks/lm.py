@@ -8,7 +8,8 @@ Sections, each measured against its peer in the same run:
   pattern: seven lightning layers then one softmax layer) at sequence length 2K / 8K / 32K, against
   the same shape with every layer softmax (SDPA flash). B·T = --tokens per step; AdamW; bf16 autocast.
   With --compile each model also runs with its decoder layers under torch.compile (compile time
-  is spent in the warm-up steps, outside the timing).
+  is spent in the warm-up steps, outside the timing), and on CUDA also compiled with the whole step
+  replayed as one CUDA graph (mm.train.step_graph, what `train.cuda_graph: true` does).
   MFU = model FLOPs · tokens/s / 989 TFLOP/s (H200 dense bf16 datasheet); model FLOPs per token are
   6 · active parameters (the LM head included, the embedding lookup not, experts top_k / E) plus
   attention's (see model_flops_per_token). Each step waits for the previous one, as `mm train` does.
@@ -37,6 +38,7 @@ from mm.layers.moe import MoE  # noqa: E402
 from mm.layers.swiglu import SwiGLU  # noqa: E402
 from mm.models.lm import LM, LMConfig, compile_layers  # noqa: E402
 from mm.models.lm_generate import decode_step, prefill  # noqa: E402
+from mm.train.step_graph import StepGraph  # noqa: E402
 
 PEAK_FLOPS = 989e12
 
@@ -76,31 +78,37 @@ def model_flops_per_token(model: LM, seq: int) -> float:
     return 6 * active_params(model) + mixing
 
 
-def train_row(variant: str, compiled: bool, seq: int, args, dev) -> dict:
+MODES = ("eager", "compiled", "compiled + CUDA graph")
+
+
+def train_row(variant: str, mode: str, seq: int, args, dev) -> dict:
     torch.manual_seed(0)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     model = LM(model_config(variant, args.tiny)).to(dev)
-    if compiled:
+    if mode != "eager":
         torch._dynamo.reset()  # a fresh compile per row: no row falls back to eager at the recompile limit
         compile_layers(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
+    graphed = mode == "compiled + CUDA graph"
+    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device=dev) if graphed else 1e-4,
+                            fused=dev.type == "cuda", capturable=graphed)
     batch = max(1, args.tokens // seq)
     ids = torch.randint(0, model.cfg.vocab_size, (batch, seq + 1), device=dev)
 
-    def step():
+    def body(ids):
+        opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             out = model(ids[:, :-1], labels=ids[:, 1:])
         out.loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
 
-    ms = time_ms(step, warmup=2, repeat=args.repeat)
+    step = StepGraph(body) if graphed else body
+    ms = time_ms(lambda: step(ids), warmup=3, repeat=args.repeat)
     tok_s = batch * seq / (ms / 1e3)
     flops = model_flops_per_token(model, seq)
     return {
-        "seq_len": seq, "model": variant, "compiled": compiled, "batch": batch,
+        "seq_len": seq, "model": variant, "mode": mode, "batch": batch,
         "params (M)": sum(p.numel() for p in model.parameters()) / 1e6, "active (M)": active_params(model) / 1e6,
         "GFLOP/token": flops / 1e9, "step ms": ms, "tokens/s": tok_s, "MFU %": 100 * flops * tok_s / PEAK_FLOPS,
         "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0,
@@ -108,14 +116,16 @@ def train_row(variant: str, compiled: bool, seq: int, args, dev) -> dict:
 
 
 def bench_train(args, dev) -> list[dict]:
+    modes = MODES if args.compile and dev.type == "cuda" else MODES[:2] if args.compile else MODES[:1]
+    modes = [m for m in modes if m in args.modes] if args.modes else modes
     rows = []
     for seq in args.seqlens:
         for variant in ("hybrid", "all-softmax"):
-            for compiled in (False, True) if args.compile else (False,):
-                rows.append(train_row(variant, compiled, seq, args, dev))
+            for mode in modes:
+                rows.append(train_row(variant, mode, seq, args, dev))
                 print(rows[-1], flush=True)
     for r in rows:
-        same = [p for p in rows if p["compiled"] == r["compiled"]]
+        same = [p for p in rows if p["mode"] == r["mode"]]
         own = next(p for p in same if p["seq_len"] == args.seqlens[0] and p["model"] == r["model"])
         peer = next(p for p in same if p["seq_len"] == r["seq_len"] and p["model"] == "all-softmax")
         r["vs own shortest"] = r["tokens/s"] / own["tokens/s"]
@@ -234,6 +244,8 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="also time the MoE layer and each model compiled")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
+                        help="train section: only these of the modes --compile selects")
     args = parser.parse_args()
     if args.tiny:
         args.seqlens, args.tokens, args.contexts, args.repeat = [32, 64], 128, [16, 64], 2
@@ -247,7 +259,7 @@ def main() -> None:
          ["routing", "max/mean load", "impl", "fwd+bwd ms", "TFLOP/s", "vs dense", "ms, each call waited on",
           "vs dense, waited"]),
         ("train: tokens/s and MFU", args.only in (None, "train"), lambda: bench_train(args, dev),
-         ["seq_len", "model", "compiled", "batch", "params (M)", "active (M)", "GFLOP/token", "step ms", "tokens/s",
+         ["seq_len", "model", "mode", "batch", "params (M)", "active (M)", "GFLOP/token", "step ms", "tokens/s",
           "MFU %", "peak GiB", "vs own shortest", "vs all-softmax"]),
         ("decode: ms per token", args.only in (None, "decode"), lambda: bench_decode(args, dev),
          ["model", "context", "ms/token", "cache MiB", "vs own 1st context"]),

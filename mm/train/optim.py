@@ -10,8 +10,11 @@ from torch import nn
 from mm.train.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on parameters with ≥ 2 dims (matrices, embeddings), none on gains/biases."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW; weight decay on parameters with ≥ 2 dims (matrices, embeddings), none on gains/biases.
+
+    Fused (one kernel per parameter list, on CPU and CUDA), which also lets the device skip a step
+    itself (``found_inf``); ``capturable``: see :func:`set_update_mode`."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -20,7 +23,24 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+    set_update_mode(optimizer, capturable)
+    return optimizer
+
+
+def set_update_mode(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Fused updates, and with ``capturable`` the learning rate as a device tensor (the schedule fills
+    it in place) so that a CUDA graph can hold the update. Also needed after ``load_state_dict``,
+    which brings back the saved run's flags, plain-float rates and step counts on the CPU."""
+    for group in optimizer.param_groups:
+        group["fused"], group["capturable"] = True, capturable
+        lr = float(group["lr"])
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if "step" in state:  # the fused kernel reads the step count where the parameter lives
+                state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
+        if group["params"]:
+            group["lr"] = torch.tensor(lr, device=group["params"][0].device) if capturable else lr
 
 
 def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:

@@ -59,6 +59,11 @@ class Recipe(abc.ABC):
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: dict) -> StepOutput: ...
 
+    def device_batch(self, batch: dict) -> dict:
+        """The part of a loaded batch that ``loss`` reads: what the loop moves to the device (and what
+        ``train.cuda_graph`` records, so it must keep its shapes from batch to batch)."""
+        return batch
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Held-out figures, computed under ``torch.no_grad`` with the model in eval mode."""
         return {}

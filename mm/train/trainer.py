@@ -16,12 +16,13 @@ from tqdm import tqdm
 from mm.config import to_yaml
 from mm.train.checkpoint import CheckpointManager, load_train_state, load_weights
 from mm.train.config import RecipeConfig
-from mm.train.optim import build_optimizer, build_scheduler
+from mm.train.optim import build_optimizer, build_scheduler, set_update_mode
 from mm.train.plot import plot_runs
 from mm.train.recipe import Recipe
 from mm.train.run_log import RunLog
 from mm.train.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 from mm.train.signals import StopOnSignal
+from mm.train.step_graph import StepGraph
 
 
 class TrainingDiverged(RuntimeError):
@@ -118,7 +119,12 @@ class Trainer:
         seed_everything(self.cfg.run.seed)
         set_deterministic(self.cfg.run.deterministic)
         self.model: nn.Module = self.recipe.build_model().to(self.device)
-        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        graphed = self.cfg.train.cuda_graph
+        if graphed and self.device.type != "cuda":
+            raise ValueError(f"train.cuda_graph needs a CUDA device, got run.device={self.cfg.run.device!r} "
+                             f"({self.device})")
+        self.optimizer = build_optimizer(self.model, self.cfg.optim, capturable=graphed)
+        self.step_graph = StepGraph(self._device_step) if graphed else None
         self.scheduler = build_scheduler(self.optimizer, self.cfg.schedule, self.cfg.train.steps)
         self.data = self.recipe.build_train_data()
         self.step = 0
@@ -139,6 +145,7 @@ class Trainer:
         load_weights(path, self.model)
         state = load_train_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
+        set_update_mode(self.optimizer, capturable=self.step_graph is not None)  # whatever run saved it
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         set_rng_state(state["rng"])
@@ -155,30 +162,41 @@ class Trainer:
         return metrics() if callable(metrics) else {}
 
     # -- one optimizer step -------------------------------------------------------------------
-    def _step(self, batches) -> tuple[float, float, int, dict[str, float]]:
-        """Forward/backward over ``grad_accum`` micro-batches; update only if loss and grad norm are finite."""
-        self.model.train()
+    def _device_step(self, batches) -> dict[str, float | torch.Tensor]:
+        """The step's device work, with nothing that waits on the device: forward/backward over the
+        micro-batches, gradient clipping, and an AdamW update that the fused kernel itself skips when
+        the loss or the gradient norm is not finite (``found_inf``). Returns device scalars (loss,
+        grad_norm, units, the recipe's metrics) for the caller to read."""
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.cfg.train.grad_accum
-        loss_total, units, extra = 0.0, 0, defaultdict(float)
-        for _ in range(accum):
-            batch = _to_device(next(batches), self.device)
+        loss, units, extra = torch.zeros((), device=self.device), 0, {}
+        for batch in batches:
             with _autocast(self.device, self.cfg.run.precision):
                 out = self.recipe.loss(self.model, batch)
             (out.loss / accum).backward()
-            loss_total += out.loss.item() / accum  # read once the backward is queued
-            units += int(out.count)
-            for key, value in _host_floats(out.metrics).items():
-                extra[key] += value / accum
+            loss = loss + out.loss.detach().float() / accum
+            units = units + out.count
+            for key, value in out.metrics.items():
+                extra[key] = extra.get(key, 0.0) + value / accum
         clip = self.cfg.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
-        if math.isfinite(loss_total) and math.isfinite(grad_norm):
-            self.optimizer.step()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.found_inf = (~(loss.isfinite() & grad_norm.isfinite())).float()
+        self.optimizer.step()
+        return {"loss": loss, "grad_norm": grad_norm, "units": units, **extra}
+
+    def _step(self, batches) -> tuple[float, float, int, dict[str, float]]:
+        """One optimizer step over ``grad_accum`` micro-batches; the update is skipped (on the device)
+        when the loss or the gradient norm is not finite. With ``train.cuda_graph`` the micro-batches
+        are fetched first and the recorded step replays on them."""
+        self.model.train()
+        micro = (_to_device(self.recipe.device_batch(next(batches)), self.device)
+                 for _ in range(self.cfg.train.grad_accum))
+        out = self.step_graph([*micro]) if self.step_graph else self._device_step(micro)
+        values = _host_floats(out)
+        loss, grad_norm, units = values.pop("loss"), values.pop("grad_norm"), values.pop("units")
         self.scheduler.step()
         self.step += 1
-        return loss_total, grad_norm, units, dict(extra)
+        return loss, grad_norm, int(units), values
 
     def _evaluate(self, log: RunLog) -> dict[str, float]:
         self.model.eval()
@@ -212,7 +230,7 @@ class Trainer:
                     if self.step % loop.log_every == 0 or self.step == loop.steps or not finite:
                         summary = window.summary()
                         last_loss = summary["loss"]
-                        lr = self.optimizer.param_groups[0]["lr"]
+                        lr = float(self.optimizer.param_groups[0]["lr"])
                         log.log(self.step, {**summary, "lr": lr, "grad_norm": grad_norm,
                                             "nonfinite_steps": self.nonfinite_total, **self._data_metrics()})
                         rate = {f"{self.recipe.unit}/s": f"{summary[window.rate_key]:.0f}"}

@@ -3,25 +3,14 @@
 import shutil
 
 import pytest
+import torch
 
-from data_pipelines.shards.writer import ShardWriterConfig
-from data_pipelines.synthetic.text import TextSynthConfig
-from data_pipelines.synthetic.write import write_synthetic
 from mm.train.run_log import read_metrics
 from tools.cli import main
 
 TINY = ["model.hidden=32", "model.heads=2", "model.kv_heads=1", "model.head_dim=16", "model.rotary_dim=8",
         "model.ffn=24", "data.seq_len=64", "data.stream.batch_size=4", "data.stream.num_workers=1",
         "train.log_every=1", "train.progress=false", "eval.batches=2", "schedule.warmup_steps=2"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("text")
-    for split, n, seed in (("train", 300, 0), ("heldout", 40, 1)):
-        write_synthetic("text", TextSynthConfig(num_samples=n, seed=seed),
-                        ShardWriterConfig(out_dir=str(root / split), maxcount=100))
-    return [f"data.stream.shards=[{root / 'train'}]", f"eval.shards=[{root / 'heldout'}]"]
 
 
 def train_losses(run):
@@ -42,3 +31,22 @@ def test_train_resume_equals_uninterrupted_run(tmp_path, shards, capsys):
     records = read_metrics(tmp_path / "full")
     assert {"router/max_load", "router/aux_loss", "data/samples_ok"} <= set(records[0])
     assert {"loss", "unigram_loss", "perplexity"} <= set(next(r for r in records if r["split"] == "eval"))
+
+
+def test_document_masking_switch():
+    from mm.train.recipe import load_recipe_config
+    from mm.train.recipes.lm import LMRecipe
+
+    recipes = {m: LMRecipe(load_recipe_config("configs/lm_tiny.yaml", [*TINY, f"document_masking={m}"]))
+               for m in (True, False)}
+    model = recipes[True].build_model()
+    ids = torch.randint(0, 256, (2, 64))
+    batch = {"input_ids": ids, "labels": ids, "cu_seqlens": torch.tensor([0, 20, 64, 100, 128])}
+    plain = model(ids, labels=ids).loss.item()
+    # Off: one causal stream per row, whatever the boundaries say; on: the documents are separate.
+    def loss(masking: bool) -> float:
+        recipe = recipes[masking]
+        return recipe.loss(model, recipe.device_batch(batch)).loss.item()
+
+    assert loss(False) == pytest.approx(plain, rel=1e-6)
+    assert loss(True) != pytest.approx(plain, rel=1e-6)

@@ -32,6 +32,7 @@ class ToyModelConfig:
 class ToyDataConfig:
     batch_size: int = 8
     seed: int = 1234
+    nan_at_batches: list[int] = field(default_factory=list)  # 0-based batches whose targets are NaN
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ToyStream:
         while True:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.position)
             x = torch.randn(self.cfg.batch_size, 4, generator=g)
-            y = target(x)
+            y = target(x) * (float("nan") if self.position in self.cfg.nan_at_batches else 1.0)
             self.position += 1
             yield {"x": x, "y": y}
 

@@ -33,9 +33,18 @@ class LMRecipeConfig(RecipeConfig):
     tokenizer: str = "byte"  # "byte" (no files needed) or a tokenizer.json (e.g. from `mm tokenizer train`)
     tokenizer_eos: str | None = None  # end-of-text token of a tokenizer.json (default: <eos>, </s>, ...)
     compile: bool = False  # torch.compile each decoder layer (GPU: fuses the elementwise work; slow start)
+    # true: packed documents neither attend nor pass state across their boundaries (cu_seqlens);
+    # false: each row is one causal stream with EOS between documents (as GPT-2 and Llama pretraining),
+    # which keeps every batch's shapes fixed, as train.cuda_graph needs
+    document_masking: bool = True
     model: LMConfig = field(default_factory=LMConfig)
     data: TextReaderConfig = field(default_factory=TextReaderConfig)
     eval: LMEvalConfig = field(default_factory=LMEvalConfig)
+
+    def __post_init__(self):
+        if self.train.cuda_graph and self.document_masking:
+            raise ValueError("train.cuda_graph needs document_masking: false: the boundaries of packed "
+                             "documents change from batch to batch and the kernels read them on the host")
 
 
 def router_metrics(out) -> dict[str, torch.Tensor]:
@@ -72,8 +81,12 @@ class LMRecipe(Recipe):
         return build_text_reader(self.cfg.data, self.tokenizer)
 
     def loss(self, model: nn.Module, batch: dict) -> StepOutput:
-        out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch["cu_seqlens"])
+        out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch.get("cu_seqlens"))
         return StepOutput(out.loss, out.num_tokens, router_metrics(out))
+
+    def device_batch(self, batch: dict) -> dict:
+        """Without document masking the documents' boundaries are not used (nor recorded by a CUDA graph)."""
+        return batch if self.cfg.document_masking else {k: v for k, v in batch.items() if k != "cu_seqlens"}
 
     def _heldout_batches(self):
         """The first ``eval.batches`` batches of one ordered pass over the held-out shards."""
@@ -106,8 +119,8 @@ class LMRecipe(Recipe):
             return {}
         nll, n = 0.0, 0
         for batch in self._heldout_batches():
-            out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
-                        cu_seqlens=batch["cu_seqlens"].to(device))
+            batch = {k: v.to(device) for k, v in self.device_batch(batch).items()}
+            out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch.get("cu_seqlens"))
             count = int(out.num_tokens)
             nll += out.lm_loss.item() * count  # the language-model loss alone, without the router's terms
             n += count
