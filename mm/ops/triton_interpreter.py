@@ -35,6 +35,3 @@ def _patch_interpreter_index() -> None:
 if INTERPRET:
     _patch_interpreter_index()
 
-
-if INTERPRET:
-    _patch_interpreter_index()

@@ -39,7 +39,7 @@ class BatchSource(Protocol):
 class StepOutput:
     loss: torch.Tensor  # scalar, the mean over the `count` units of the micro-batch
     count: int | torch.Tensor  # units (tokens, samples) in the micro-batch, for throughput
-    # extra figures to log (aux losses, ...); device scalars are read after the backward is queued
+    # extra figures to log (aux losses, ...); device scalars are read once the whole step is queued
     metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 

@@ -17,17 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-
-def _placed(value):
-    """A recorded input: tensors cloned (the graph reads these buffers), everything else kept."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, dict):
-        return {k: _placed(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_placed(v) for v in value)
-    return value
+from torch.utils._pytree import tree_map_only
 
 
 def copy_into(recorded, new, path: str = "batch") -> None:
@@ -87,7 +77,7 @@ class StepGraph:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             result = self.body(batches)
-            self.inputs = _placed(batches)
+            self.inputs = tree_map_only(torch.Tensor, torch.clone, batches)  # the buffers the graph reads
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the eager steps' cached blocks go back before the graph takes its own

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 from tqdm import tqdm
 
 from mm.config import to_yaml
@@ -53,13 +54,7 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _to_device(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
+    return tree_map_only(torch.Tensor, lambda t: t.to(device, non_blocking=True), batch)
 
 
 @contextlib.contextmanager
