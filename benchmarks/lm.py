@@ -99,7 +99,7 @@ def train_row(variant: str, mode: str, seq: int, args, dev) -> dict:
     def body(ids):
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            out = model(ids[:, :-1], labels=ids[:, 1:])
+            out = model(ids[:, :-1], labels=ids[:, 1:], return_logits=False)
         out.loss.backward()
         opt.step()
 

@@ -19,6 +19,7 @@ from mm.layers.packing import check_cu_seqlens, document_ids, document_positions
 from mm.layers.rotary import rotary_cos_sin
 from mm.layers.softmax_attention import SoftmaxAttention
 from mm.layers.swiglu import SwiGLU
+from mm.ops.linear_cross_entropy import linear_cross_entropy
 
 ATTN_TYPES = ("lightning", "softmax")
 
@@ -74,7 +75,7 @@ class LMConfig:
 
 @dataclass
 class LMOutput:
-    logits: torch.Tensor  # [B, T, vocab]
+    logits: torch.Tensor | None  # [B, T, vocab]; None when forward ran with return_logits=False
     loss: torch.Tensor | None = None  # training objective: lm_loss + aux_coef·aux_loss + z_coef·z_loss
     lm_loss: torch.Tensor | None = None  # mean cross-entropy over labels != -100 (0 when there are none)
     num_tokens: torch.Tensor | int = 0  # tokens that entered lm_loss (a device scalar: reading it waits)
@@ -167,9 +168,12 @@ class LM(nn.Module):
         input_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        return_logits: bool = True,
     ) -> LMOutput:
         """input_ids, labels [B, T] (labels already shifted: the target of position t; -100 = ignore);
-        cu_seqlens [N + 1] over the flattened B·T tokens for packed documents (see mm.layers.packing)."""
+        cu_seqlens [N + 1] over the flattened B·T tokens for packed documents (see mm.layers.packing).
+        With labels and ``return_logits=False`` the loss comes from :func:`linear_cross_entropy`,
+        which never keeps the [B, T, vocab] logits (training takes this path)."""
         packing = self.packing(input_ids, cu_seqlens)
         x = self.embed_tokens(input_ids)
         stats = []
@@ -177,14 +181,20 @@ class LM(nn.Module):
             x, layer_stats = layer(x, packing)
             if layer_stats is not None:
                 stats.append(layer_stats)
-        out = LMOutput(self.lm_head(self.norm(x)))
+        x = self.norm(x)
+        out = LMOutput(self.lm_head(x) if return_logits or labels is None else None)
         if stats:
             out.aux_loss = torch.stack([s.aux_loss for s in stats]).mean()
             out.z_loss = torch.stack([s.z_loss for s in stats]).mean()
             out.tokens_per_expert = torch.stack([s.tokens_per_expert for s in stats])
             out.dropped = torch.stack([s.dropped for s in stats]).sum()
         if labels is not None:
-            out.lm_loss, out.num_tokens = token_cross_entropy(out.logits, labels, self.summed_cross_entropy)
+            if out.logits is None:
+                summed = linear_cross_entropy(x.flatten(0, -2), self.lm_head.weight, labels.flatten())
+            else:
+                summed = self.summed_cross_entropy(out.logits, labels)
+            out.num_tokens = (labels != -100).sum()  # stays on the device: the host does not wait here
+            out.lm_loss = summed / out.num_tokens.clamp(min=1)
             out.loss = out.lm_loss
             if stats:
                 out.loss = out.loss + self.cfg.router_aux_coef * out.aux_loss + self.cfg.router_z_coef * out.z_loss
@@ -204,9 +214,10 @@ def compile_layers(model: LM) -> LM:
     Per layer rather than the whole model, so layers of one kind share their compiled code and the
     lightning-attention op stays outside the graphs (see :mod:`mm.layers.lightning_attention`).
     Shapes start static; one that changes (the document count of packed batches) turns symbolic
-    after one recompile rather than recompiling for every batch. The compiled cross-entropy reads
-    the bf16 logits once, without eager's float32 copy of them and the float32 log-probabilities it
-    keeps for backward (8 bytes per logit: 8 GiB for 32K tokens of a 32K vocabulary).
+    after one recompile rather than recompiling for every batch. The compiled cross-entropy (the loss
+    of a forward that returns logits; training's, without them, is :func:`linear_cross_entropy`)
+    reads the bf16 logits once, without eager's float32 copy of them and the float32
+    log-probabilities it keeps for backward (8 bytes per logit: 8 GiB for 32K tokens of a 32K vocabulary).
 
     Dynamo resumes after the lightning op inside the attention module rather than restarting at each
     enclosing call (``nested_graph_breaks``): a lightning layer is two graphs, not five, and the
@@ -237,12 +248,3 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """Sum of the cross-entropy over labels != -100, computed in float32."""
     return nn.functional.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100,
                                        reduction="sum")
-
-
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, summed=summed_cross_entropy
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean cross-entropy over labels != -100 in float32, 0 rather than NaN when every label is ignored;
-    the count of those labels). Both stay on the device: the host does not wait for the forward here,
-    so it can queue the backward while the forward runs."""
-    count = (labels != -100).sum()
-    return summed(logits, labels) / count.clamp(min=1), count

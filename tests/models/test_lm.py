@@ -20,6 +20,26 @@ def test_forward_shapes_and_loss():
     torch.testing.assert_close(out.loss, expected)
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_loss_without_logits_matches_loss_of_logits(tie):
+    """Training's path (linear_cross_entropy, no logits kept) gives the loss and every gradient of
+    logits → cross_entropy, with tied embeddings too and some labels ignored."""
+    model = LM(tiny(experts=4, top_k=2, attn_type_list=["lightning", "softmax"], tie_embeddings=tie)).double()
+    ids = torch.randint(0, 50, (2, 9))
+    labels = ids.clone()
+    labels[0, :3] = -100
+    losses, grads = [], []
+    for return_logits in (True, False):
+        model.zero_grad()
+        out = model(ids, labels=labels, return_logits=return_logits)
+        assert (out.logits is None) != return_logits and out.num_tokens == 15
+        (0.5 * out.loss).backward()
+        losses.append(out.loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(*losses, rtol=1e-6, atol=0)  # the loss pass runs in float32
+    torch.testing.assert_close(*grads, rtol=1e-5, atol=1e-7)
+
+
 def test_all_labels_masked_gives_zero_loss_not_nan():
     model = LM(tiny())
     ids = torch.randint(0, 50, (2, 7))

@@ -81,7 +81,7 @@ class LMRecipe(Recipe):
         return build_text_reader(self.cfg.data, self.tokenizer)
 
     def loss(self, model: nn.Module, batch: dict) -> StepOutput:
-        out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch.get("cu_seqlens"))
+        out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch.get("cu_seqlens"), return_logits=False)
         return StepOutput(out.loss, out.num_tokens, router_metrics(out))
 
     def device_batch(self, batch: dict) -> dict:
@@ -120,7 +120,8 @@ class LMRecipe(Recipe):
         nll, n = 0.0, 0
         for batch in self._heldout_batches():
             batch = {k: v.to(device) for k, v in self.device_batch(batch).items()}
-            out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch.get("cu_seqlens"))
+            out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch.get("cu_seqlens"),
+                        return_logits=False)
             count = int(out.num_tokens)
             nll += out.lm_loss.item() * count  # the language-model loss alone, without the router's terms
             n += count
