@@ -123,6 +123,19 @@ def test_no_grad_gives_the_loss_alone():
     torch.testing.assert_close(loss, reference(x, weight, labels, 1.0, torch.float32)[0])
 
 
+@pytest.mark.parametrize("frozen", ["x", "weight"])
+def test_frozen_input_gets_no_gradient(frozen):
+    """A frozen LM head (or frozen features) gets None and the other input its usual gradient."""
+    x, weight, labels = torch.randn(6, 4, dtype=F64), torch.randn(9, 4, dtype=F64), labels_for(6, 9, "cpu")
+    _, dx_ref, dw_ref = reference(x, weight, labels, 1.0, F64)
+    x.requires_grad_(frozen != "x")
+    weight.requires_grad_(frozen != "weight")
+    linear_cross_entropy(x, weight, labels).backward()
+    assert (x.grad is None) == (frozen == "x") and (weight.grad is None) == (frozen == "weight")
+    got, want = (weight.grad, dw_ref) if frozen == "x" else (x.grad, dx_ref)
+    assert rel(got, want) < 1e-6
+
+
 def test_shape_errors():
     with pytest.raises(ValueError, match=r"x \[N, h\], weight \[V, h\] and labels \[N\]"):
         linear_cross_entropy(torch.randn(4, 5), torch.randn(9, 6), torch.zeros(4, dtype=torch.long))

@@ -54,31 +54,32 @@ def _logits_to_grad_(z: torch.Tensor, labels: torch.Tensor, write_grad: bool) ->
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, labels, dtype):
-        write_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        need_dx, need_dw = ctx.needs_input_grad[:2]  # a frozen head (need_dw False) skips its matmul
         xc, wc = x.to(dtype), weight.to(dtype)
         n, vocab = x.shape[0], weight.shape[0]
         rows = max(1, _CHUNK_ELEMENTS // vocab)
         loss = torch.empty(n, device=x.device, dtype=torch.float32)
-        dx = torch.empty_like(xc) if write_grad else None
-        dw = torch.zeros(weight.shape, device=x.device, dtype=torch.float32) if write_grad else None
+        dx = torch.empty_like(xc) if need_dx else None
+        dw = torch.zeros(weight.shape, device=x.device, dtype=torch.float32) if need_dw else None
         with torch.autocast(x.device.type, enabled=False):
             for start in range(0, n, rows):
                 part = slice(start, start + rows)
                 z = xc[part] @ wc.T
-                loss[part] = _logits_to_grad_(z, labels[part], write_grad)
-                if write_grad:
+                loss[part] = _logits_to_grad_(z, labels[part], need_dx or need_dw)
+                if need_dx:
                     torch.mm(z, wc, out=dx[part])
+                if need_dw:
                     dw += z.T @ xc[part]
-        if write_grad:
-            ctx.save_for_backward(dx, dw)
-            ctx.dtypes = x.dtype, weight.dtype
+        ctx.save_for_backward(dx, dw)
+        ctx.dtypes = x.dtype, weight.dtype
         return loss.sum()
 
     @staticmethod
     def backward(ctx, grad):
         dx, dw = ctx.saved_tensors
         x_dtype, w_dtype = ctx.dtypes
-        return (dx * grad).to(x_dtype), (dw * grad).to(w_dtype), None, None
+        return (None if dx is None else (dx * grad).to(x_dtype), None if dw is None else (dw * grad).to(w_dtype),
+                None, None)
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
