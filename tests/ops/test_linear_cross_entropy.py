@@ -7,7 +7,7 @@ import torch
 
 from mm.ops import linear_cross_entropy as lce
 from mm.ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy, logits_to_grad_reference_
-from mm.ops.triton_interpreter import INTERPRET
+from tests.ops.devices import on
 
 F64 = torch.float64
 
@@ -15,10 +15,6 @@ F64 = torch.float64
 def rel(x, ref):
     x, ref = x.detach().to(F64), ref.detach().to(F64)
     return float("inf") if not torch.isfinite(x).all() else ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def on_cuda(n, v):
-    return pytest.param("cuda", n, v, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
 
 
 def labels_for(n, vocab, device):
@@ -42,22 +38,24 @@ def formula(z, labels):
 def run_kernel(z, labels, write_grad):
     from mm.ops.linear_cross_entropy.triton_kernel import logits_to_grad_
 
-    if not z.is_cuda and not INTERPRET:
-        pytest.skip("the kernel on CPU tensors needs TRITON_INTERPRET=1 (set by the test suite without a GPU)")
-
     return logits_to_grad_(z, labels, IGNORE_INDEX, write_grad)
 
 
-PASSES = [pytest.param(run_kernel, id="triton"), pytest.param(logits_to_grad_reference_, id="torch")]
+PASSES = {"triton": run_kernel, "torch": logits_to_grad_reference_}
 SHAPES = [("cpu", 1, 16), ("cpu", 7, 37), ("cpu", 5, 48), ("cpu", 3, 1), ("cpu", 4, 11),
-          on_cuda(131, 32000), on_cuda(3, 50021), on_cuda(2, 5)]
+          ("cuda", 131, 32000), ("cuda", 3, 50021), ("cuda", 2, 5)]
+
+
+def cases(shapes):
+    """Each shape through each pass: (device, pass, n, vocab), the kernel's CPU cases under the interpreter."""
+    return [on(d, fn, n, v, kernel=name == "triton", id=f"{name}-{d}-{n}-{v}")
+            for name, fn in PASSES.items() for d, n, v in shapes]
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)]  # float32: z − lse rounds at |z| ≈ 400
 
 
-@pytest.mark.parametrize("device,n,vocab", SHAPES)
+@pytest.mark.parametrize("device,logits_to_grad,n,vocab", cases(SHAPES))
 @pytest.mark.parametrize("dtype,tol", DTYPES)
-@pytest.mark.parametrize("logits_to_grad", PASSES)
-def test_logits_to_grad(nan_poison, logits_to_grad, device, n, vocab, dtype, tol):
+def test_logits_to_grad(nan_poison, device, logits_to_grad, n, vocab, dtype, tol):
     """One row, a prime vocabulary past the block (16 under the interpreter, 8192 on a GPU), an exact
     multiple of it, one block, V = 1;
     large logits (a plain exp would overflow), the largest in the first chunk of a row (exp of the
@@ -77,9 +75,9 @@ def test_logits_to_grad(nan_poison, logits_to_grad, device, n, vocab, dtype, tol
         assert (z[n // 2] == 0).all() and loss[n // 2] == 0
 
 
-@pytest.mark.parametrize("logits_to_grad", PASSES)
-def test_label_out_of_range_gives_nan(logits_to_grad):
-    z, labels = torch.randn(3, 20), torch.tensor([4, 20, -5])
+@pytest.mark.parametrize("device,logits_to_grad,n,vocab", cases([("cpu", 3, 20), ("cuda", 3, 20)]))
+def test_label_out_of_range_gives_nan(device, logits_to_grad, n, vocab):
+    z, labels = torch.randn(n, vocab, device=device), torch.tensor([4, vocab, -5], device=device)
     loss = logits_to_grad(z, labels, True)
     assert torch.isfinite(loss[0]) and loss[1:].isnan().all()
 
@@ -94,8 +92,7 @@ def reference(x, weight, labels, scale, dtype):
 
 @pytest.mark.parametrize("device,n,vocab,h,chunk_rows", [
     ("cpu", 13, 37, 8, 4), ("cpu", 1, 5, 3, 4), ("cpu", 13, 37, 8, 100),
-    pytest.param("cuda", 1000, 32000, 256, 300, marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                         reason="needs CUDA")),
+    on("cuda", 1000, 32000, 256, 300),
 ])
 def test_against_autograd_of_cross_entropy(monkeypatch, device, n, vocab, h, chunk_rows):
     """float64 on CPU, bf16 autocast on CUDA; several chunks of rows with a short last one, and an

@@ -4,8 +4,8 @@ of the plain formula in float64."""
 import pytest
 import torch
 
-from mm.ops.triton_interpreter import INTERPRET
 from mm.ops.weighted_swiglu import backward_reference, weighted_swiglu
+from tests.ops.devices import on
 
 F64 = torch.float64
 
@@ -22,11 +22,8 @@ def rel(x, ref):
     return float("inf") if not torch.isfinite(x).all() else ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def on_cuda(A, f):
-    return pytest.param("cuda", A, f, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
-
-
-SHAPES = [("cpu", 1, 16), ("cpu", 13, 5), ("cpu", 37, 40), ("cpu", 64, 33), on_cuda(1021, 1536), on_cuda(3, 300)]
+SHAPES = [on(d, A, f, kernel=True) for d, A, f in
+          [("cpu", 1, 16), ("cpu", 13, 5), ("cpu", 37, 40), ("cpu", 64, 33), ("cuda", 1021, 1536), ("cuda", 3, 300)]]
 DTYPES = [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)]
 
 
@@ -37,8 +34,6 @@ def test_triton_backward_kernel(nan_poison, device, A, f, dtype, tol):
     (16 under the interpreter, 256 on a GPU)."""
     from mm.ops.weighted_swiglu.triton_kernel import weighted_swiglu_backward
 
-    if device == "cpu" and not INTERPRET:
-        pytest.skip("the kernel on CPU tensors needs TRITON_INTERPRET=1 (set by the test suite without a GPU)")
     gu, w = (3 * torch.randn(A, 2 * f, device=device)).to(dtype), torch.rand(A, device=device)
     dh = torch.randn(A, f, device=device).to(dtype)
     _, dgu_ref, dw_ref = autograd_of_formula(gu, w, dh)
@@ -47,7 +42,7 @@ def test_triton_backward_kernel(nan_poison, device, A, f, dtype, tol):
     assert rel(dgu, dgu_ref) < tol and rel(dw, dw_ref) < tol
 
 
-@pytest.mark.parametrize("device,A,f", [("cpu", 13, 5), on_cuda(1021, 1536)])
+@pytest.mark.parametrize("device,A,f", [("cpu", 13, 5), on("cuda", 1021, 1536)])
 @pytest.mark.parametrize("dtype,tol", DTYPES)
 def test_forward_and_autograd(device, A, f, dtype, tol):
     """Through autograd: torch formulas on CPU, the kernel on CUDA."""
