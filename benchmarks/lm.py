@@ -38,6 +38,7 @@ from mm.layers.moe import MoE  # noqa: E402
 from mm.layers.swiglu import SwiGLU  # noqa: E402
 from mm.models.lm import LM, LMConfig, compile_layers  # noqa: E402
 from mm.models.lm_generate import decode_step, prefill  # noqa: E402
+from mm.train.optim import set_update_mode  # noqa: E402
 from mm.train.step_graph import StepGraph  # noqa: E402
 
 PEAK_FLOPS = 989e12
@@ -91,8 +92,8 @@ def train_row(variant: str, mode: str, seq: int, args, dev) -> dict:
         torch._dynamo.reset()  # a fresh compile per row: no row falls back to eager at the recompile limit
         compile_layers(model)
     graphed = mode == "compiled + CUDA graph"
-    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device=dev) if graphed else 1e-4,
-                            fused=dev.type == "cuda", capturable=graphed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    set_update_mode(opt, capturable=graphed)  # fused; capturable with a device lr, as train.cuda_graph
     batch = max(1, args.tokens // seq)
     ids = torch.randint(0, model.cfg.vocab_size, (batch, seq + 1), device=dev)
 

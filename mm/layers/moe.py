@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mm.layers.swiglu import SwiGLU
+from mm.ops.compute_dtype import compute_dtype
 from mm.ops.grouped_mm import grouped_mm
 from mm.ops.weighted_swiglu import weighted_swiglu
 
@@ -138,7 +139,7 @@ class MoE(nn.Module):
 
         # Experts run in the autocast dtype (bf16 on GPU) like any Linear would: one cast of x and of
         # each weight, before the gather, so the gathered rows are already narrow.
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = compute_dtype(x)
         token = order // k  # [A] the token of each sorted row
         rows = _Dispatch.apply(x.to(dtype), token, inverse, k)  # [A, h]
         h = weighted_swiglu(grouped_mm(rows, self.gate_up.to(dtype), ends), row_weight)  # [A, ffn]

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from mm.ops.compute_dtype import compute_dtype
+
 __all__ = ["linear_cross_entropy", "logits_to_grad_reference_", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
@@ -88,6 +90,4 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     if x.ndim != 2 or weight.ndim != 2 or x.shape[1] != weight.shape[1] or labels.shape != x.shape[:1]:
         raise ValueError(f"need x [N, h], weight [V, h] and labels [N], got {tuple(x.shape)}, "
                          f"{tuple(weight.shape)} and {tuple(labels.shape)}")
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    return _LinearCrossEntropy.apply(x, weight, labels, dtype)
+    return _LinearCrossEntropy.apply(x, weight, labels, compute_dtype(x))
