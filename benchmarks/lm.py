@@ -5,14 +5,18 @@
 
 Sections, each measured against its peer in the same run:
 - train: tokens/s, MFU and peak memory of a ~0.5B-total-parameter MoE LM (E = 8, top-2; MiniMax
-  pattern: seven lightning layers then one softmax layer) at sequence length 2K / 8K / 32K, against
-  the same shape with every layer softmax (SDPA flash). B·T = --tokens per step; AdamW; bf16 autocast.
+  pattern: seven lightning layers then one softmax layer; --shape picks one of SHAPES) at sequence
+  length 2K / 8K / 32K, against the same shape with every layer softmax (SDPA flash).
+  B·T = --tokens per step; AdamW; bf16 autocast.
   With --compile each model also runs with its decoder layers under torch.compile (compile time
   is spent in the warm-up steps, outside the timing), and on CUDA also compiled with the whole step
   replayed as one CUDA graph (mm.train.step_graph, what `train.cuda_graph: true` does).
   MFU = model FLOPs · tokens/s / 989 TFLOP/s (H200 dense bf16 datasheet); model FLOPs per token are
   6 · active parameters (the LM head included, the embedding lookup not, experts top_k / E) plus
   attention's (see model_flops_per_token). Each step waits for the previous one, as `mm train` does.
+- shapes: every shape of SHAPES in the fastest mode: the hybrid's tokens/s and MFU at each length, the
+  longest against the shortest and against the all-softmax model (the two long-context goals pull
+  against each other; benchmarks/results/lm.md shows why).
 - moe: the MoE layer alone (router + permute + grouped SwiGLU experts + unpermute, forward+backward,
   bf16) in TFLOP/s against a dense SwiGLU of the same active FLOPs and a Python loop over experts,
   with even and skewed routing; with --compile also the layer under torch.compile. Calls run back to
@@ -44,16 +48,26 @@ from mm.train.step_graph import StepGraph  # noqa: E402
 PEAK_FLOPS = 989e12
 
 
-def model_config(variant: str, tiny: bool) -> LMConfig:
-    layers = 4 if tiny else 16
-    pattern = (["lightning"] * 7 + ["softmax"]) * (layers // 8) if not tiny else ["lightning"] * 3 + ["softmax"]
-    kinds = pattern if variant == "hybrid" else ["softmax"] * layers
-    if tiny:
-        return LMConfig(vocab_size=256, hidden=64, layers=layers, heads=4, kv_heads=2, head_dim=16, rotary_dim=8,
-                        ffn=64, experts=4, top_k=2, attn_type_list=kinds)
-    # 16 layers × (5.2M attention + 8 × 3 × 1024 × 1024 experts) + 2 × 32000 × 1024 embeddings ≈ 0.55B
-    return LMConfig(vocab_size=32000, hidden=1024, layers=layers, heads=8, kv_heads=2, head_dim=128, rotary_dim=64,
-                    ffn=1024, experts=8, top_k=2, attn_type_list=kinds)
+_BENCH = dict(vocab_size=32000, kv_heads=2, head_dim=128, rotary_dim=64, experts=8, top_k=2)
+# Model shapes, each about 0.55B parameters in all with E = 8, top-2 (LMConfig fields; "tiny" is the
+# CPU smoke shape). The first is the train and decode sections' default; the shapes section runs them all.
+SHAPES = {
+    "2048x8": {**_BENCH, "hidden": 2048, "layers": 8, "heads": 16, "ffn": 640},  # attention width = hidden
+    "1024x16": {**_BENCH, "hidden": 1024, "layers": 16, "heads": 8, "ffn": 1024},  # narrow and deep
+    "2048x8, attention 1024": {**_BENCH, "hidden": 2048, "layers": 8, "heads": 8, "ffn": 1024, "tie_embeddings": True},
+    "tiny": dict(vocab_size=256, hidden=64, layers=4, heads=4, kv_heads=2, head_dim=16, rotary_dim=8, ffn=64,
+                 experts=4, top_k=2),
+}
+
+
+def model_config(variant: str, shape: str) -> LMConfig:
+    """The shape as the hybrid (MiniMax pattern: seven lightning layers then one softmax layer, three
+    then one in the 4-layer tiny shape) or with every layer softmax."""
+    fields = SHAPES[shape]
+    layers = fields["layers"]
+    group = min(8, layers)
+    pattern = (["lightning"] * (group - 1) + ["softmax"]) * (layers // group)
+    return LMConfig(**fields, attn_type_list=pattern if variant == "hybrid" else ["softmax"] * layers)
 
 
 def active_params(model: LM) -> int:
@@ -82,12 +96,12 @@ def model_flops_per_token(model: LM, seq: int) -> float:
 MODES = ("eager", "compiled", "compiled + CUDA graph")
 
 
-def train_row(variant: str, mode: str, seq: int, args, dev) -> dict:
+def train_row(variant: str, mode: str, seq: int, args, dev, shape: str) -> dict:
     torch.manual_seed(0)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model = LM(model_config(variant, args.tiny)).to(dev)
+    model = LM(model_config(variant, shape)).to(dev)
     if mode != "eager":
         torch._dynamo.reset()  # a fresh compile per row: no row falls back to eager at the recompile limit
         compile_layers(model)
@@ -116,14 +130,18 @@ def train_row(variant: str, mode: str, seq: int, args, dev) -> dict:
     }  # fmt: skip
 
 
-def bench_train(args, dev) -> list[dict]:
+def train_modes(args, dev) -> list[str]:
     modes = MODES if args.compile and dev.type == "cuda" else MODES[:2] if args.compile else MODES[:1]
-    modes = [m for m in modes if m in args.modes] if args.modes else modes
+    return [m for m in modes if m in args.modes] if args.modes else list(modes)
+
+
+def bench_train(args, dev) -> list[dict]:
+    modes = train_modes(args, dev)
     rows = []
     for seq in args.seqlens:
         for variant in ("hybrid", "all-softmax"):
             for mode in modes:
-                rows.append(train_row(variant, mode, seq, args, dev))
+                rows.append(train_row(variant, mode, seq, args, dev, args.shape))
                 print(rows[-1], flush=True)
     for r in rows:
         same = [p for p in rows if p["mode"] == r["mode"]]
@@ -131,6 +149,28 @@ def bench_train(args, dev) -> list[dict]:
         peer = next(p for p in same if p["seq_len"] == r["seq_len"] and p["model"] == "all-softmax")
         r["vs own shortest"] = r["tokens/s"] / own["tokens/s"]
         r["vs all-softmax"] = r["tokens/s"] / peer["tokens/s"]
+    return rows
+
+
+def bench_shapes(args, dev) -> list[dict]:
+    """The hybrid of every shape at each sequence length and the all-softmax model at the longest, in
+    the fastest mode selected: how the long-context goals depend on the shape."""
+    mode = train_modes(args, dev)[-1]
+    shortest, longest = args.seqlens[0], args.seqlens[-1]
+    rows = []
+    for shape in ["tiny"] if args.tiny else [s for s in SHAPES if s != "tiny"]:
+        hybrid = {seq: train_row("hybrid", mode, seq, args, dev, shape) for seq in args.seqlens}
+        softmax = train_row("all-softmax", mode, longest, args, dev, shape)
+        cfg = model_config("hybrid", shape)
+        rows.append({
+            "shape": shape, "attention width": cfg.heads * cfg.head_dim, "mode": mode,
+            "params (M)": hybrid[shortest]["params (M)"], "active (M)": hybrid[shortest]["active (M)"],
+            **{f"tokens/s {seq}": r["tokens/s"] for seq, r in hybrid.items()},
+            **{f"MFU % {seq}": r["MFU %"] for seq, r in hybrid.items()},
+            f"{longest} vs {shortest}": hybrid[longest]["tokens/s"] / hybrid[shortest]["tokens/s"],
+            f"vs all-softmax at {longest}": hybrid[longest]["tokens/s"] / softmax["tokens/s"],
+        })  # fmt: skip
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -189,7 +229,7 @@ def bench_moe(args, dev) -> list[dict]:
 
 def decode_rows(variant: str, args, dev) -> list[dict]:
     torch.manual_seed(0)
-    model = LM(model_config(variant, args.tiny)).to(dev).eval()
+    model = LM(model_config(variant, args.shape)).to(dev).eval()
     if dev.type == "cuda":
         model = model.to(torch.bfloat16)
     rows = []
@@ -237,7 +277,9 @@ def check_varlen(dev) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--only", choices=["train", "moe", "decode"], default=None)
+    parser.add_argument("--only", choices=["train", "shapes", "moe", "decode"], default=None)
+    parser.add_argument("--shape", choices=[s for s in SHAPES if s != "tiny"], default=next(iter(SHAPES)),
+                        help="model shape of the train and decode sections")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke run; figures meaningless)")
     parser.add_argument("--seqlens", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--tokens", type=int, default=32768, help="tokens per training step")
@@ -249,7 +291,7 @@ def main() -> None:
                         help="train section: only these of the modes --compile selects")
     args = parser.parse_args()
     if args.tiny:
-        args.seqlens, args.tokens, args.contexts, args.repeat = [32, 64], 128, [16, 64], 2
+        args.seqlens, args.tokens, args.contexts, args.repeat, args.shape = [32, 64], 128, [16, 64], 2, "tiny"
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = "lm" if not args.tiny else "lm_tiny_smoke"
     notes = ("Reference (issue 4): a dense 0.55B Llama-style model with SDPA trains at 133K tok/s at 2K, "
@@ -262,6 +304,11 @@ def main() -> None:
         ("train: tokens/s and MFU", args.only in (None, "train"), lambda: bench_train(args, dev),
          ["seq_len", "model", "mode", "batch", "params (M)", "active (M)", "GFLOP/token", "step ms", "tokens/s",
           "MFU %", "peak GiB", "vs own shortest", "vs all-softmax"]),
+        ("shapes: the long-context goals by model shape", args.only in (None, "shapes"),
+         lambda: bench_shapes(args, dev),
+         ["shape", "attention width", "mode", "params (M)", "active (M)",
+          *(f"tokens/s {seq}" for seq in args.seqlens), *(f"MFU % {seq}" for seq in args.seqlens),
+          f"{args.seqlens[-1]} vs {args.seqlens[0]}", f"vs all-softmax at {args.seqlens[-1]}"]),
         ("decode: ms per token", args.only in (None, "decode"), lambda: bench_decode(args, dev),
          ["model", "context", "ms/token", "cache MiB", "vs own 1st context"]),
     ]  # fmt: skip
