@@ -10,7 +10,7 @@ Sections, each measured against its peer in the same run:
   B·T = --tokens per step; AdamW; bf16 autocast.
   With --compile each model also runs with its decoder layers under torch.compile (compile time
   is spent in the warm-up steps, outside the timing), and on CUDA also compiled with the whole step
-  replayed as one CUDA graph (mm.train.step_graph, what `train.cuda_graph: true` does).
+  replayed as one CUDA graph (mm.cuda_graph, what `train.cuda_graph: true` does).
   MFU = model FLOPs · tokens/s / 989 TFLOP/s (H200 dense bf16 datasheet); model FLOPs per token are
   6 · active parameters (the LM head included, the embedding lookup not, experts top_k / E) plus
   attention's (see model_flops_per_token). Each step waits for the previous one, as `mm train` does.
@@ -22,7 +22,8 @@ Sections, each measured against its peer in the same run:
   with even and skewed routing; with --compile also the layer under torch.compile. Calls run back to
   back (the host ahead of the device, as inside a model); the last two columns wait for each call,
   which adds the host's launch lead to every call.
-- decode: ms per generated token after a prompt of 1K / 16K / 128K tokens, hybrid vs all-softmax.
+- decode: ms per generated token after a prompt of 1K / 16K / 128K tokens, hybrid vs all-softmax,
+  eager and (CUDA) with the step replayed as a CUDA graph (GenerationConfig.cuda_graph).
 - check: packed softmax attention through FlashAttention varlen (CUDA) against the masked path.
 """
 
@@ -38,12 +39,12 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.common import back_to_back_ms, time_ms, write_results  # noqa: E402
+from mm.cuda_graph import StepGraph  # noqa: E402
 from mm.layers.moe import MoE  # noqa: E402
 from mm.layers.swiglu import SwiGLU  # noqa: E402
 from mm.models.lm import LM, LMConfig, compile_layers  # noqa: E402
-from mm.models.lm_generate import decode_step, prefill  # noqa: E402
+from mm.models.lm_generate import Decoder, prefill  # noqa: E402
 from mm.train.optim import set_update_mode  # noqa: E402
-from mm.train.step_graph import StepGraph  # noqa: E402
 
 PEAK_FLOPS = 989e12
 
@@ -227,7 +228,7 @@ def bench_moe(args, dev) -> list[dict]:
     return rows
 
 
-def decode_rows(variant: str, args, dev) -> list[dict]:
+def decode_rows(variant: str, graphed: bool, args, dev) -> list[dict]:
     torch.manual_seed(0)
     model = LM(model_config(variant, args.shape)).to(dev).eval()
     if dev.type == "cuda":
@@ -235,22 +236,23 @@ def decode_rows(variant: str, args, dev) -> list[dict]:
     rows = []
     for ctx in args.contexts:
         prompt = torch.randint(0, model.cfg.vocab_size, (ctx,)).tolist()
-        with torch.no_grad():
-            cache, logits = prefill(model, [prompt], capacity=ctx + args.decode_tokens + 8)
-            tokens = logits.argmax(-1)
-            ms = time_ms(lambda cache=cache, tokens=tokens: decode_step(model, cache, tokens), warmup=3,
-                         repeat=args.decode_tokens)
+        cache, logits = prefill(model, [prompt], capacity=ctx + args.decode_tokens + 8)
+        decode, tokens = Decoder(model, cache, cuda_graph=graphed), logits.argmax(-1)
+        ms = time_ms(lambda decode=decode, tokens=tokens: decode(tokens), warmup=3, repeat=args.decode_tokens)
         cache_bytes = sum(t.numel() * t.element_size() for d in (cache.states, cache.keys, cache.values)
                           for t in d.values())
-        rows.append({"model": variant, "context": ctx, "ms/token": ms, "cache MiB": cache_bytes / 2**20})
+        rows.append({"model": variant, "mode": "CUDA graph" if graphed else "eager", "context": ctx,
+                     "ms/token": ms, "cache MiB": cache_bytes / 2**20})
         print(rows[-1], flush=True)
     return rows
 
 
 def bench_decode(args, dev) -> list[dict]:
-    rows = decode_rows("hybrid", args, dev) + decode_rows("all-softmax", args, dev)
+    """Batch 1, bf16 on CUDA; eager and, on CUDA, the step replayed as a CUDA graph."""
+    rows = [r for variant in ("hybrid", "all-softmax") for graphed in ([False, True] if dev.type == "cuda" else [False])
+            for r in decode_rows(variant, graphed, args, dev)]
     for r in rows:
-        first = next(p for p in rows if p["model"] == r["model"])
+        first = next(p for p in rows if p["model"] == r["model"] and p["mode"] == r["mode"])
         r["vs own 1st context"] = r["ms/token"] / first["ms/token"]
     return rows
 
@@ -310,7 +312,7 @@ def main() -> None:
           *(f"tokens/s {seq}" for seq in args.seqlens), *(f"MFU % {seq}" for seq in args.seqlens),
           f"{args.seqlens[-1]} vs {args.seqlens[0]}", f"vs all-softmax at {args.seqlens[-1]}"]),
         ("decode: ms per token", args.only in (None, "decode"), lambda: bench_decode(args, dev),
-         ["model", "context", "ms/token", "cache MiB", "vs own 1st context"]),
+         ["model", "mode", "context", "ms/token", "cache MiB", "vs own 1st context"]),
     ]  # fmt: skip
     sections = {}
     for heading, wanted, run, columns in plan:

@@ -2,7 +2,10 @@
 
 Lightning layers carry one [H, d, d] state per sequence (memory constant in context length);
 softmax layers a KV cache. Prompts of different lengths are prefilled packed (no padding enters
-any state), then each row decodes at its own position.
+any state), then each row decodes at its own position. A decoding step updates the cache in place
+and never waits on the device, so on CUDA it can be recorded once as a CUDA graph and replayed
+(``GenerationConfig.cuda_graph``): one token's few hundred small kernels are otherwise all launch
+overhead.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mm.cuda_graph import StepGraph
 from mm.layers.rotary import rotary_cos_sin
 from mm.models.lm import LM
 
@@ -22,6 +26,7 @@ class GenerationConfig:
     top_p: float = 1.0  # nucleus sampling: the smallest set of tokens whose probability reaches top_p
     eos_id: int | None = None  # a row stops after producing it
     seed: int | None = None  # sampling generator seed (None: torch's global RNG)
+    cuda_graph: bool = False  # CUDA: replay the decoding step as a CUDA graph (the model in bf16/fp16)
 
     def __post_init__(self):
         if self.max_new_tokens < 0 or self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -68,32 +73,47 @@ def prefill(model: LM, prompts: list[list[int]], capacity: int) -> tuple[DecodeC
     return cache, logits
 
 
-@torch.no_grad()
-def decode_step(model: LM, cache: DecodeCache, tokens: torch.Tensor) -> torch.Tensor:
-    """Feed one token per row (tokens [B]) at each row's own position; returns logits [B, V]."""
-    B = tokens.shape[0]
-    rows = torch.arange(B, device=tokens.device)
-    positions = cache.lengths
-    if cache.keys and cache.steps_left <= 0:
-        raise ValueError(f"decode cache full: {next(iter(cache.keys.values())).shape[2]} tokens per row")
-    rope = rotary_cos_sin(positions[:, None], model.cfg.rotary_dim, model.cfg.rope_theta)  # [B, 1, r/2]
-    x = model.embed_tokens(tokens)[:, None]  # [B, 1, hidden]
-    for i, layer in enumerate(model.layers):
-        h = layer.input_layernorm(x)
-        if layer.kind == "lightning":
-            attn, cache.states[i] = layer.self_attn.step(h[:, 0], cache.states[i])
-            attn = attn[:, None]
-        else:
-            q, k, v = layer.self_attn.qkv(h, rope)  # q [B, H, 1, d], k/v [B, Hkv, 1, d]
-            keys, values = cache.keys[i], cache.values[i]
-            keys[rows, :, positions] = k[:, :, 0]
-            values[rows, :, positions] = v[:, :, 0]
-            valid = torch.arange(keys.shape[2], device=x.device)[None] <= positions[:, None]  # [B, capacity]
-            attn = layer.self_attn.output(q, keys, values, valid[:, None])
-        x, _ = layer.feed_forward(layer.residual(h, attn))
-    cache.lengths = cache.lengths + 1
-    cache.steps_left -= 1
-    return model.lm_head(model.norm(x[:, 0]))
+class Decoder:
+    """``decoder(tokens)`` feeds one token per row (tokens [B]) at each row's own position and returns
+    the logits [B, V]; the cache is updated in place. With ``cuda_graph`` the second call is recorded
+    as a CUDA graph and later calls replay it: the logits are then the graph's buffer, overwritten by
+    the next call."""
+
+    def __init__(self, model: LM, cache: DecodeCache, cuda_graph: bool = False):
+        self.model, self.cache = model, cache
+        self.graph = StepGraph(self._advance, switch_off="cuda_graph=False") if cuda_graph else None
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        cache = self.cache
+        if cache.keys and cache.steps_left <= 0:
+            raise ValueError(f"decode cache full: {next(iter(cache.keys.values())).shape[2]} tokens per row")
+        cache.steps_left -= 1
+        return self.graph(tokens) if self.graph is not None else self._advance(tokens)
+
+    def _advance(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The device work of one step: no host reads, every cache tensor written in place."""
+        model, cache = self.model, self.cache
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        positions = cache.lengths
+        rope = rotary_cos_sin(positions[:, None], model.cfg.rotary_dim, model.cfg.rope_theta)  # [B, 1, r/2]
+        x = model.embed_tokens(tokens)[:, None]  # [B, 1, hidden]
+        for i, layer in enumerate(model.layers):
+            h = layer.input_layernorm(x)
+            if layer.kind == "lightning":
+                attn, state = layer.self_attn.step(h[:, 0], cache.states[i])
+                cache.states[i].copy_(state)
+                attn = attn[:, None]
+            else:
+                q, k, v = layer.self_attn.qkv(h, rope)  # q [B, H, 1, d], k/v [B, Hkv, 1, d]
+                keys, values = cache.keys[i], cache.values[i]
+                keys[rows, :, positions] = k[:, :, 0]
+                values[rows, :, positions] = v[:, :, 0]
+                valid = torch.arange(keys.shape[2], device=x.device)[None] <= positions[:, None]  # [B, capacity]
+                attn = layer.self_attn.output(q, keys, values, valid[:, None])
+            x, _ = layer.feed_forward(layer.residual(h, attn))
+        cache.lengths += 1
+        return model.lm_head(model.norm(x[:, 0]))
 
 
 def sample(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -119,6 +139,7 @@ def generate(model: LM, prompts: list[list[int]], cfg: GenerationConfig | None =
     if cfg.seed is not None:
         generator = torch.Generator(model.embed_tokens.weight.device).manual_seed(cfg.seed)
     cache, logits = prefill(model, prompts, capacity=max(map(len, prompts)) + cfg.max_new_tokens)
+    decode = Decoder(model, cache, cuda_graph=cfg.cuda_graph)
     out: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=logits.device)
     for step in range(cfg.max_new_tokens):
@@ -129,6 +150,6 @@ def generate(model: LM, prompts: list[list[int]], cfg: GenerationConfig | None =
             done |= tokens == cfg.eos_id
         if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
-        logits = decode_step(model, cache, tokens)
+        logits = decode(tokens)
     model.train(was_training)
     return out

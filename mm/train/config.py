@@ -37,7 +37,7 @@ class LoopConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     max_nonfinite: int = 5  # stop after this many consecutive non-finite steps
     progress: bool = True  # tqdm progress bar
-    # CUDA only: record the step as one CUDA graph after the first step and replay it (mm.train.step_graph);
+    # CUDA only: record the step as one CUDA graph after the first step and replay it (mm.cuda_graph);
     # every batch must keep its shapes, and recipe metrics must be device tensors
     cuda_graph: bool = False
 

@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_map_only
 from tqdm import tqdm
 
 from mm.config import to_yaml
+from mm.cuda_graph import StepGraph
 from mm.train.checkpoint import CheckpointManager, load_train_state, load_weights
 from mm.train.config import RecipeConfig
 from mm.train.optim import build_optimizer, build_scheduler, set_update_mode
@@ -23,7 +24,6 @@ from mm.train.recipe import Recipe
 from mm.train.run_log import RunLog
 from mm.train.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 from mm.train.signals import StopOnSignal
-from mm.train.step_graph import StepGraph
 
 
 class TrainingDiverged(RuntimeError):

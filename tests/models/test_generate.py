@@ -1,10 +1,12 @@
-"""Decoding: cached logits equal a full forward; batching of uneven prompts; sampling rules."""
+"""Decoding: cached logits equal a full forward; the cache is updated in place (what a recorded CUDA
+graph of the step relies on; on a GPU the replayed decoding equals the eager one); batching of
+uneven prompts; sampling rules."""
 
 import pytest
 import torch
 
 from mm.models.lm import LM, LMConfig
-from mm.models.lm_generate import GenerationConfig, decode_step, prefill, sample
+from mm.models.lm_generate import Decoder, GenerationConfig, prefill, sample
 
 CFG = dict(vocab_size=40, hidden=32, layers=4, heads=4, kv_heads=2, head_dim=8, rotary_dim=4, ffn=48,
            attn_type_list=["lightning", "softmax", "lightning", "softmax"], experts=3, top_k=2)
@@ -19,6 +21,7 @@ def model():
 def test_cached_logits_equal_full_forward(model):
     prompts = [torch.randint(0, 40, (n,)).tolist() for n in (5, 1, 9)]
     cache, logits = prefill(model, prompts, capacity=20)
+    decode = Decoder(model, cache)
     seqs = [list(p) for p in prompts]
     for _ in range(6):
         for row, seq in enumerate(seqs):
@@ -27,7 +30,7 @@ def test_cached_logits_equal_full_forward(model):
         tokens = torch.randint(0, 40, (3,))
         for seq, t in zip(seqs, tokens.tolist(), strict=True):
             seq.append(t)
-        logits = decode_step(model, cache, tokens)
+        logits = decode(tokens)
     assert cache.lengths.tolist() == [len(s) for s in seqs]
 
 
@@ -66,6 +69,31 @@ def test_lightning_state_is_constant_in_context(model):
 
 def test_full_cache_is_an_error_not_a_silent_overwrite(model):
     cache, logits = prefill(model, [[1, 2, 3]], capacity=4)
-    decode_step(model, cache, logits.argmax(-1))
+    decode = Decoder(model, cache)
+    decode(logits.argmax(-1))
     with pytest.raises(ValueError, match="decode cache full"):
-        decode_step(model, cache, logits.argmax(-1))
+        decode(logits.argmax(-1))
+
+
+def test_decoding_writes_the_cache_in_place(model):
+    cache, logits = prefill(model, [[1, 2, 3], [4]], capacity=8)
+    tensors = [cache.lengths, *cache.states.values(), *cache.keys.values(), *cache.values.values()]
+    before = [t.clone() for t in tensors]
+    decode = Decoder(model, cache)
+    for _ in range(2):
+        logits = decode(logits.argmax(-1))
+    now = [cache.lengths, *cache.states.values(), *cache.keys.values(), *cache.values.values()]
+    assert all(a is b for a, b in zip(tensors, now, strict=True))  # the same storage a graph was recorded on
+    assert not any(torch.equal(a, b) for a, b in zip(before, now, strict=True))  # and every one written
+    assert cache.lengths.tolist() == [5, 3] and cache.steps_left == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="needs CUDA with grouped matmuls (compute capability 9.0)")
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_graphed_decoding_equals_eager(model, temperature):
+    model = model.to("cuda", torch.bfloat16)
+    prompts = [[3, 4, 5, 6, 7, 8, 9], [11], [20, 21, 22]]
+    cfg = dict(max_new_tokens=12, temperature=temperature, top_p=0.9, seed=3)
+    eager = model.generate(prompts, GenerationConfig(**cfg))
+    assert model.generate(prompts, GenerationConfig(**cfg, cuda_graph=True)) == eager

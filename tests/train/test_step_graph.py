@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mm.config import ConfigError
+from mm.cuda_graph import StepGraph, copy_into
 from mm.train.checkpoint import load_weights
 from mm.train.recipe import load_recipe_config
 from mm.train.run_log import read_metrics
-from mm.train.step_graph import StepGraph, copy_into
 from tests.train.test_lm_recipe import TINY, train_losses
 from tests.train.test_trainer import losses, make
 from tools.cli import main

@@ -1,11 +1,11 @@
-"""A training step recorded once as a CUDA graph and replayed for every later batch.
+"""A step (a training step, a decoding step) recorded once as a CUDA graph and replayed after.
 
 A step that never waits on the device (no ``.item()``, no shapes read from device values, no host
 decisions on device results) can be recorded and replayed: the replay launches the step's kernels
-(about 1,800 for the 0.55B hybrid LM) as one graph. Launched one by one, the device spends a few
-microseconds between kernels even when the host is far ahead: the replayed step of that LM takes
-118 ms against 122 ms on an H200 (``benchmarks/results/lm.md``). Batches are copied into the
-tensors the graph was recorded with, so every batch must keep its shapes and dtypes.
+as one graph. Launched one by one, the device spends a few microseconds between kernels even when
+the host is far ahead, and a small step (one decoded token) is all launch overhead. Inputs are
+copied into the tensors the graph was recorded with, so every call must keep their shapes and
+dtypes; state the step carries from call to call must be updated in place.
 
 Tensors the step returns are the graph's own outputs: each replay overwrites them, so read them
 (or clone them) before the next call.
@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_map_only
 def copy_into(recorded, new, path: str = "batch") -> None:
     """Copy ``new`` into the recorded input buffers; a differing key, shape, dtype or non-tensor
     value raises ValueError naming it (the graph would silently read stale or wrong memory)."""
-    hint = "train.cuda_graph replays one recorded step, so every batch must have the same layout"
+    hint = "a CUDA graph replays one recorded step, so every call must pass the same layout"
     if isinstance(recorded, torch.Tensor):
         if not isinstance(new, torch.Tensor) or new.shape != recorded.shape or new.dtype != recorded.dtype:
             got = f"{list(new.shape)} {new.dtype}" if isinstance(new, torch.Tensor) else repr(new)
@@ -50,14 +50,17 @@ class StepGraph:
     followed by recording the body as a CUDA graph (that call's results are the eager run's), then
     by replaying the graph on each new batch.
 
-    ``body`` must leave parameters' ``.grad`` to itself (``zero_grad(set_to_none=True)`` first), so
-    the recorded gradients live in the graph's memory, and must not wait on the device.
+    ``body`` must not wait on the device nor have host-side effects (recording runs its Python
+    again); a training body must leave parameters' ``.grad`` to itself (``zero_grad(set_to_none=True)``
+    first), so the recorded gradients live in the graph's memory. ``switch_off`` names the setting
+    that turns graphs off, for error messages.
     """
 
-    def __init__(self, body: Callable[[Any], Any], eager_calls: int = 1):
+    def __init__(self, body: Callable[[Any], Any], eager_calls: int = 1,
+                 switch_off: str = "train.cuda_graph: false"):
         if not torch.cuda.is_available():
-            raise RuntimeError("CUDA graphs need a CUDA device (train.cuda_graph: false on CPU)")
-        self.body, self.eager_calls = body, eager_calls
+            raise RuntimeError(f"CUDA graphs need a CUDA device ({switch_off} on CPU)")
+        self.body, self.eager_calls, self.switch_off = body, eager_calls, switch_off
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs = self.outputs = None
@@ -87,9 +90,10 @@ class StepGraph:
                 self.outputs = self.body(self.inputs)
         except RuntimeError as err:
             raise RuntimeError(
-                "the training step could not be recorded as a CUDA graph: something in it waits on the "
-                "device or changes with the data (for the lm recipe: set document_masking: false, whose "
-                f"packed boundaries are read on the host), or set train.cuda_graph: false. Cause: {err}"
+                "the step could not be recorded as a CUDA graph: something in it waits on the device or "
+                "changes with the data (for the lm recipe: set document_masking: false, whose packed "
+                f"boundaries are read on the host; for decoding: a model in bfloat16), or set "
+                f"{self.switch_off}. Cause: {err}"
             ) from err
         self.graph = graph
         return result
