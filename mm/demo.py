@@ -73,6 +73,7 @@ def lm_stage(out: Path, fast: bool) -> StageResult:
             "'a plus b is' greedy accuracy (chance ≈ 0.05)": f"{accuracy:.2f}",
             "sample": repr(sample),
             "run": str(result.run_dir),
+            "continue text with": f"mm generate {result.run_dir} --prompt '3 plus 4 is '",
         },
         passed=loss < 0.8 * unigram and accuracy > 0.2,  # well below the baseline, well above chance
     )

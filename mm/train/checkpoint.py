@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -135,6 +136,8 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
         raise CheckpointError(f"{file}: missing")
     try:
         missing, unexpected = load_model(model, str(file), strict=False)
+    except SafetensorError as err:  # not a safetensors file: truncated, overwritten
+        raise CheckpointError(f"{file}: unreadable: {err}") from None
     except RuntimeError as err:  # shape mismatch
         raise CheckpointError(f"{file}: does not fit the model: {err}") from None
     if missing or unexpected:

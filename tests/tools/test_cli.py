@@ -30,7 +30,8 @@ def test_each_subcommand_has_help(capsys, name):
     assert code == 0 and out.startswith("usage: mm " + name)
 
 
-@pytest.mark.parametrize("argv", [[], ["nope"], ["train"], ["train", "a.yaml", "--bogus"], ["plot"]])
+@pytest.mark.parametrize("argv", [[], ["nope"], ["train"], ["train", "a.yaml", "--bogus"], ["plot"],
+                                  ["generate", "run"]])
 def test_usage_errors_exit_2_with_hint(capsys, argv):
     code, _, err = run(capsys, *argv)
     assert code == 2

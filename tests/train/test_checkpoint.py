@@ -114,3 +114,11 @@ def test_weights_that_do_not_fit(tmp_path):
         load_weights(path, nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 3)))
     with pytest.raises(CheckpointError, match="missing"):
         load_weights(path, nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2), nn.Linear(2, 2)))
+
+
+def test_unreadable_weights_name_the_file(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    path = save(manager, 1)
+    (path / "model.safetensors").write_bytes(b"overwritten")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: unreadable"):
+        load_weights(path, nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)))
