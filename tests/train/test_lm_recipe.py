@@ -29,7 +29,8 @@ def test_train_resume_equals_uninterrupted_run(tmp_path, shards, capsys):
     assert main([*base, f"run.dir={tmp_path / 'full'}", "--resume", "latest"]) == 0
     assert train_losses(tmp_path / "full") == ref
     records = read_metrics(tmp_path / "full")
-    assert {"router/max_load", "router/aux_loss", "data/samples_ok"} <= set(records[0])
+    assert {"router/max_load", "router/dropped_frac", "router/expert_share/3", "router/aux_loss",
+            "data/samples_ok"} <= set(records[0])
     assert {"loss", "unigram_loss", "perplexity"} <= set(next(r for r in records if r["split"] == "eval"))
 
 
@@ -50,3 +51,17 @@ def test_document_masking_switch():
 
     assert loss(False) == pytest.approx(plain, rel=1e-6)
     assert loss(True) != pytest.approx(plain, rel=1e-6)
+
+
+def test_router_metrics_report_each_experts_share():
+    from types import SimpleNamespace
+
+    from mm.train.recipes.lm import router_metrics
+
+    zero = torch.zeros(())
+    out = SimpleNamespace(tokens_per_expert=torch.tensor([[6, 2, 0, 0], [2, 2, 2, 2]]), dropped=torch.tensor(3),
+                          lm_loss=zero, aux_loss=zero, z_loss=zero)
+    metrics = router_metrics(out)
+    assert [metrics[f"router/expert_share/{e}"].item() for e in range(4)] == [0.5, 0.25, 0.125, 0.125]
+    assert metrics["router/max_load"].item() == 2.0  # layer 0: 6 / 2, layer 1: 2 / 2
+    assert metrics["router/dropped_frac"].item() == 3 / 16

@@ -48,16 +48,19 @@ class LMRecipeConfig(RecipeConfig):
 
 
 def router_metrics(out) -> dict[str, torch.Tensor]:
-    """Load figures of the MoE layers: worst expert's load over the mean, dropped share, aux losses.
+    """Load figures of the MoE layers: worst expert's load over the mean (averaged over layers), each
+    expert's share of the assignments (over all layers), dropped share, aux losses.
     Device scalars: the trainer reads them after queueing the backward."""
     if out.tokens_per_expert is None:
         return {}
     load = out.tokens_per_expert.float()  # [layers, E]
+    share = load.sum(0) / load.sum().clamp(min=1)
     return {
         "lm_loss": out.lm_loss.detach().float(), "router/aux_loss": out.aux_loss.detach(),
         "router/z_loss": out.z_loss.detach(),
         "router/max_load": (load.max(-1).values / load.mean(-1).clamp(min=1e-9)).mean(),
         "router/dropped_frac": out.dropped.float() / load.sum().clamp(min=1),
+        **{f"router/expert_share/{e}": share[e] for e in range(share.numel())},
     }
 
 
