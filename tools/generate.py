@@ -46,11 +46,11 @@ def _checkpoint_of(path: Path) -> Path | None:
 
 
 def load_model(path: Path, tokenizer: str | None):
-    """(LM, tokenizer) from a checkpoint of the lm recipe, a run directory or a Hugging Face folder."""
+    """(LM, tokenizer) from a checkpoint of the lm recipe, a run directory or a Hugging Face folder.
+    Unreadable files raise CheckpointError or ValueError naming them."""
     from data_pipelines.tokenizers import load_tokenizer
     from mm.config import ConfigError
     from mm.models.lm import LM, from_hf
-    from mm.models.lm_hf import HFFormatError
     from mm.train.checkpoint import CONFIG, load_weights
     from mm.train.recipe import load_recipe_config
 
@@ -73,10 +73,7 @@ def load_model(path: Path, tokenizer: str | None):
     spec = tokenizer or str(path / "tokenizer.json")
     if spec != "byte" and not Path(spec).is_file():
         raise UsageError(f"{path}: no tokenizer.json; name one with --tokenizer (a tokenizer.json or 'byte')")
-    try:
-        return from_hf(path), load_tokenizer(spec)
-    except HFFormatError as err:
-        raise UsageError(str(err)) from None
+    return from_hf(path), load_tokenizer(spec)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         print(f"mm generate: error: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # a Hugging Face folder or tokenizer file that cannot be read (names the file)
+        raise UsageError(str(err)) from None
     try:
         cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                eos_id=tokenizer.eos_id, seed=args.seed, cuda_graph=args.cuda_graph)

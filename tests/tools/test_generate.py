@@ -64,6 +64,9 @@ def test_continues_prompts_from_a_hugging_face_folder(capsys, saved, tmp_path):
     code, out, err = generate(capsys, tmp_path / "hf", "--tokenizer", "byte")
     assert code == 0, err
     assert out == expected(model)
+    (tmp_path / "hf" / "tokenizer.json").write_text("{not json")
+    code, _, err = generate(capsys, tmp_path / "hf")
+    assert code == 2 and "tokenizer.json: not a tokenizer.json" in err
 
 
 def test_what_cannot_be_loaded_is_named(capsys, saved, tmp_path):
