@@ -52,15 +52,16 @@ class StepGraph:
 
     ``body`` must not wait on the device nor have host-side effects (recording runs its Python
     again); a training body must leave parameters' ``.grad`` to itself (``zero_grad(set_to_none=True)``
-    first), so the recorded gradients live in the graph's memory. ``switch_off`` names the setting
-    that turns graphs off, for error messages.
+    first), so the recorded gradients live in the graph's memory. For error messages, ``switch_off``
+    names the setting that turns graphs off and ``hint`` what the caller knows keeps its step from
+    being recorded.
     """
 
     def __init__(self, body: Callable[[Any], Any], eager_calls: int = 1,
-                 switch_off: str = "train.cuda_graph: false"):
+                 switch_off: str = "train.cuda_graph: false", hint: str = ""):
         if not torch.cuda.is_available():
             raise RuntimeError(f"CUDA graphs need a CUDA device ({switch_off} on CPU)")
-        self.body, self.eager_calls, self.switch_off = body, eager_calls, switch_off
+        self.body, self.eager_calls, self.switch_off, self.hint = body, eager_calls, switch_off, hint
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs = self.outputs = None
@@ -89,11 +90,10 @@ class StepGraph:
             with torch.cuda.graph(graph):
                 self.outputs = self.body(self.inputs)
         except RuntimeError as err:
+            hint = f" ({self.hint})" if self.hint else ""
             raise RuntimeError(
                 "the step could not be recorded as a CUDA graph: something in it waits on the device or "
-                "changes with the data (for the lm recipe: set document_masking: false, whose packed "
-                f"boundaries are read on the host; for decoding: a model in bfloat16), or set "
-                f"{self.switch_off}. Cause: {err}"
+                f"changes with the data{hint}; or set {self.switch_off}. Cause: {err}"
             ) from err
         self.graph = graph
         return result

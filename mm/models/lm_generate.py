@@ -81,7 +81,8 @@ class Decoder:
 
     def __init__(self, model: LM, cache: DecodeCache, cuda_graph: bool = False):
         self.model, self.cache = model, cache
-        self.graph = StepGraph(self._advance, switch_off="cuda_graph=False") if cuda_graph else None
+        hint = "a float32 model's experts read their group sizes on the host: decode in bfloat16"
+        self.graph = StepGraph(self._advance, switch_off="cuda_graph=False", hint=hint) if cuda_graph else None
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -54,12 +54,13 @@ def router_metrics(out) -> dict[str, torch.Tensor]:
     if out.tokens_per_expert is None:
         return {}
     load = out.tokens_per_expert.float()  # [layers, E]
-    share = load.sum(0) / load.sum().clamp(min=1)
+    assigned = load.sum().clamp(min=1)
+    share = load.sum(0) / assigned
     return {
         "lm_loss": out.lm_loss.detach().float(), "router/aux_loss": out.aux_loss.detach(),
         "router/z_loss": out.z_loss.detach(),
         "router/max_load": (load.max(-1).values / load.mean(-1).clamp(min=1e-9)).mean(),
-        "router/dropped_frac": out.dropped.float() / load.sum().clamp(min=1),
+        "router/dropped_frac": out.dropped.float() / assigned,
         **{f"router/expert_share/{e}": share[e] for e in range(share.numel())},
     }
 
