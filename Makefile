@@ -7,7 +7,7 @@ SPEC_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(SPEC_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean test-offline demo-offline
 
 setup: $(STAMP)
 
@@ -22,6 +22,26 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A GPU machine without a package registry: no .venv; that machine's own python3 (with torch 2.11, CUDA)
+# plus the packages it lacks, installed from a folder of wheels into OFFLINE_SITE. README: "GPU machines".
+WHEELS ?= .whl
+OFFLINE_PYTHON ?= python3
+OFFLINE_SITE ?= /tmp/mm-offline-site
+JOBS ?= 8
+OFFLINE_ENV = PYTHONPATH=$(CURDIR):$(OFFLINE_SITE)
+
+$(OFFLINE_SITE)/.installed: $(wildcard $(WHEELS)/*.whl)
+	@ls $(WHEELS)/*.whl >/dev/null 2>&1 || { echo "no wheels in $(WHEELS)/: see README, GPU machines"; exit 2; }
+	$(OFFLINE_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target $(OFFLINE_SITE) $(WHEELS)/*.whl
+	@touch $@
+
+test-offline: $(OFFLINE_SITE)/.installed
+	$(OFFLINE_ENV) $(OFFLINE_PYTHON) -m pytest -n $(JOBS) $(PYTEST_ARGS)
+
+demo-offline: $(OFFLINE_SITE)/.installed
+	$(OFFLINE_ENV) $(OFFLINE_PYTHON) -m tools.cli demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -93,8 +93,19 @@ def run_demo(out: Path, stages: list[str], fast: bool = False) -> list[StageResu
     return results
 
 
+def device_description() -> str:
+    """Where the stages train: the trainer's `run.device: auto` picks the GPU when there is one."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
 def summary_table(results: list[StageResult]) -> str:
-    lines = ["| stage | figure | value |", "|---|---|---|"]
+    lines = ["| stage | figure | value |", "|---|---|---|", f"| all | device | {device_description()} |"]
     for r in results:
         status = "ok" if r.passed else "BELOW EXPECTATION"
         lines.append(f"| {r.name} | status | {status} ({r.seconds:.0f} s) |")

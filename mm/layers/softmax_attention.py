@@ -11,6 +11,10 @@ from torch import nn
 
 from mm.layers.rotary import apply_rotary
 
+# FlashAttention's varlen kernel takes half precision only; packed documents in float32 (a model run on
+# CUDA without autocast) take SDPA with the block-diagonal causal mask instead: exact, O(T²) memory.
+VARLEN_DTYPES = (torch.float16, torch.bfloat16)
+
 
 class SoftmaxAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int):
@@ -41,7 +45,8 @@ class SoftmaxAttention(nn.Module):
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
 
     def varlen_output(self, q, k, v, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        """Packed documents on CUDA: FlashAttention varlen over the flattened B·T tokens (no T×T mask)."""
+        """Packed documents on CUDA in half precision: FlashAttention varlen over the flattened B·T tokens
+        (no T×T mask)."""
         from torch.nn.attention.varlen import varlen_attn
 
         B, H, T, d = q.shape
@@ -61,7 +66,7 @@ class SoftmaxAttention(nn.Module):
         over the flattened tokens and doc_ids [B, T] (both None: one document per row).
         Returns y [B, T, hidden], and (k, v) for a decoding cache when ``return_kv``."""
         q, k, v = self.qkv(x, rope)
-        if cu_seqlens is not None and x.is_cuda:
+        if cu_seqlens is not None and q.is_cuda and q.dtype in VARLEN_DTYPES:
             y = self.varlen_output(q, k, v, cu_seqlens)
         else:
             mask = None

@@ -7,6 +7,7 @@ import torch
 
 from mm.models.lm import LM, LMConfig
 from mm.models.lm_generate import Decoder, GenerationConfig, prefill, sample
+from tests.ops.devices import PRECISIONS
 
 CFG = dict(vocab_size=40, hidden=32, layers=4, heads=4, kv_heads=2, head_dim=8, rotary_dim=4, ffn=48,
            attn_type_list=["lightning", "softmax", "lightning", "softmax"], experts=3, top_k=2)
@@ -18,16 +19,21 @@ def model():
     return LM(LMConfig(**CFG)).eval()
 
 
-def test_cached_logits_equal_full_forward(model):
+@pytest.mark.parametrize("device,dtype", PRECISIONS)
+def test_cached_logits_equal_full_forward(model, device, dtype):
+    """Packed prefill and cached decoding against full forwards; on CUDA with the model in float32 and
+    in bf16 (as `mm generate` runs it there): the packed prefill takes the masked SDPA, then varlen."""
+    model = model.to(device, dtype or torch.float32)
     prompts = [torch.randint(0, 40, (n,)).tolist() for n in (5, 1, 9)]
     cache, logits = prefill(model, prompts, capacity=20)
     decode = Decoder(model, cache)
     seqs = [list(p) for p in prompts]
+    tol = 1e-4 if dtype is None else 3e-2
     for _ in range(6):
         for row, seq in enumerate(seqs):
-            full = model(torch.tensor([seq])).logits[0, -1]
-            torch.testing.assert_close(logits[row], full, rtol=1e-4, atol=1e-4)
-        tokens = torch.randint(0, 40, (3,))
+            full = model(torch.tensor([seq], device=device)).logits[0, -1]
+            torch.testing.assert_close(logits[row].float(), full.float(), rtol=tol, atol=tol)
+        tokens = torch.randint(0, 40, (3,), device=device)
         for seq, t in zip(seqs, tokens.tolist(), strict=True):
             seq.append(t)
         logits = decode(tokens)

@@ -1,8 +1,10 @@
 """Lightning attention: every implementation against the float64 reference and an outside oracle.
 
-Triton kernels run under TRITON_INTERPRET=1 on CPU (tests/conftest.py). They use a fixed block of
-16 tokens there, so T = 17, 63, 64, 65, 200 cover single, partial and many blocks; `segment_len=32`
-forces the split path (local states + scan across segments) that long sequences take on a GPU.
+The Triton cases run on KERNEL_DEVICE (tests/ops/devices.py): compiled on CUDA where a GPU is present,
+under TRITON_INTERPRET=1 on CPU elsewhere, with the same inputs and tolerances. The interpreter uses
+a fixed block of 16 tokens, so T = 17, 63, 64, 65, 200 cover single, partial and many blocks;
+`segment_len=32` forces the split path (local states + scan across segments) that long sequences take
+on a GPU. The references always run on the CPU.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import torch
 
 from mm.ops.lightning_attn import build_slopes, lightning_attn, lightning_attn_step
 from mm.ops.lightning_attn.reference import lightning_attn_quadratic, lightning_attn_recurrent
+from tests.ops.devices import KERNEL_DEVICE, NEEDS_CUDA, NEEDS_KERNEL_DEVICE
 
 F64 = torch.float64
 
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """||x - ref|| / ||ref|| in float64; NaN anywhere gives inf."""
-    x, ref = x.detach().to(F64), ref.detach().to(F64)
+    """||x - ref|| / ||ref|| in float64 on the CPU; NaN anywhere gives inf."""
+    x, ref = x.detach().to("cpu", F64), ref.detach().to("cpu", F64)
     if not torch.isfinite(x).all():
         return float("inf")
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -35,12 +38,18 @@ def inputs(B, T, H, d, e, *, dtype=F64, state=True, n=None):
 
 
 def run(backend, q, k, v, slopes, h0, *, segment_len=None, cu_seqlens=None):
-    """Output and final state of one backend; `segment_len` reaches the Triton function directly."""
+    """Output and final state of one backend; `segment_len` reaches the Triton function directly.
+
+    The Triton backend runs on KERNEL_DEVICE: the inputs go there (a no-op for tensors already there,
+    which keeps their strides) and the results come back to the CPU, gradients flowing through both moves.
+    """
     if backend == "triton":
         from mm.ops.lightning_attn.triton_function import lightning_attn_triton
 
-        return lightning_attn_triton(q, k, v, slopes, initial_state=h0, output_final_state=True,
-                                     cu_seqlens=cu_seqlens, segment_len=segment_len)
+        dev = lambda t: None if t is None else t.to(KERNEL_DEVICE)
+        o, st = lightning_attn_triton(dev(q), dev(k), dev(v), slopes, initial_state=dev(h0), output_final_state=True,
+                                      cu_seqlens=dev(cu_seqlens), segment_len=segment_len)
+        return o.cpu(), st.cpu()
     return lightning_attn(q, k, v, slopes, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens,
                           backend=backend)
 
@@ -85,7 +94,8 @@ def test_fla_naive_oracle_agrees(state):
 
 # --- chunked and Triton against the float64 reference ----------------------------------------------
 
-CASES = [("chunked", None), ("triton", None), ("triton", 32)]
+CASES = [("chunked", None), pytest.param("triton", None, marks=NEEDS_KERNEL_DEVICE),
+         pytest.param("triton", 32, marks=NEEDS_KERNEL_DEVICE)]
 IDS = ["chunked", "triton", "triton-split"]
 
 
@@ -107,6 +117,7 @@ def test_outputs_states_and_grads(nan_poison, backend, segment_len, T, state):
         assert rel(x, r) < tol, f"{name}: {rel(x, r):.2e}"
 
 
+@NEEDS_KERNEL_DEVICE
 def test_triton_split_path_past_the_decay_horizon(nan_poison):
     """Segments much longer than a head's decay horizon: the local-state passes of the forward and of
     the backward (reverse order, SHIFT 1) skip most tokens of the fast heads, and every output, state
@@ -122,6 +133,7 @@ def test_triton_split_path_past_the_decay_horizon(nan_poison):
         assert rel(x, r) < 1e-5, f"{name}: {rel(x, r):.2e}"
 
 
+@NEEDS_KERNEL_DEVICE
 @pytest.mark.parametrize("d,e", [(16, 16), (48, 32), (32, 80), (256, 24)])
 def test_triton_feature_dims(nan_poison, d, e):
     """Any d, e in 16..256, powers of two or not, padded inside the kernel."""
@@ -169,6 +181,7 @@ def test_varlen_with_an_empty_sequence(nan_poison, backend, segment_len):
     assert rel(st[1], h0[1]) < 1e-6 and rel(dh0[1], dst[1]) < 1e-6
 
 
+@NEEDS_KERNEL_DEVICE
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-3), (torch.float16, 1e-3)])
 def test_triton_half_precision(nan_poison, dtype, tol):
     """bf16 inputs with fp32 accumulation land near 2e-3 relative (DESIGN §2; 3e-3 seen here)."""
@@ -213,16 +226,18 @@ def test_strided_views_as_inputs(nan_poison, backend, segment_len, layout):
 
     ref = outputs_and_grads_of_views("reference", storage)
     kw = {} if backend == "chunked" else {"segment_len": segment_len}
-    got = outputs_and_grads_of_views(backend, storage if backend == "chunked" else storage.float(), **kw)
+    got = outputs_and_grads_of_views(backend, storage if backend == "chunked" else storage.float().to(KERNEL_DEVICE),
+                                     **kw)
     for name, x, r in zip(["o", "final_state", "dq", "dk", "dv"], got, ref, strict=True):
         assert rel(x, r) < (1e-12 if backend == "chunked" else 1e-5), f"{name}: {rel(x, r):.2e}"
 
 
+@NEEDS_KERNEL_DEVICE
 def test_triton_reads_views_of_a_fused_projection_without_copying_them():
     """What the op saves for backward are the views themselves (no contiguous copies of q, k, v)."""
     from mm.ops.lightning_attn.triton_function import lightning_attn_triton
 
-    qkv = torch.randn(1, 20, 2, 3 * 16, requires_grad=True)
+    qkv = torch.randn(1, 20, 2, 3 * 16, device=KERNEL_DEVICE, requires_grad=True)
     saved = []
 
     def pack(t):
@@ -298,19 +313,18 @@ def test_argument_errors():
         lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], h0[:, :1], slopes)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; the same checks run above on CPU")
+@NEEDS_CUDA
 @pytest.mark.parametrize("d,e", [(64, 64), (16, 16), (24, 48), (256, 128)])
 def test_triton_on_cuda_against_reference(d, e):
     """The autotuned kernels (the interpreter runs one fixed config) at head widths from 16 to 256."""
     q, k, v, h0, slopes = inputs(2, 300, 4, d, e)
     do, dst = torch.randn(2, 300, 4, e, dtype=F64), torch.randn(2, 4, d, e, dtype=F64)
     ref = outputs_and_grads("reference", q, k, v, slopes, h0, do, dst)
-    dev = [x.float().cuda() for x in (q, k, v, h0)]
     for seg in (None, 256):
-        got = outputs_and_grads("triton", *dev[:3], slopes.cuda(), dev[3], do.cuda(), dst.cuda(),
+        got = outputs_and_grads("triton", *(x.float() for x in (q, k, v)), slopes, h0.float(), do, dst,
                                 segment_len=seg)
         for x, r in zip(got, ref, strict=True):
-            assert rel(x.cpu(), r) < 1e-5
+            assert rel(x, r) < 1e-5
 
 
 def test_local_state_pass_skips_tokens_beyond_the_decay_horizon():

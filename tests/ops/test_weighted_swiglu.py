@@ -22,16 +22,17 @@ def rel(x, ref):
     return float("inf") if not torch.isfinite(x).all() else ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-SHAPES = [on(d, A, f, kernel=True) for d, A, f in
-          [("cpu", 1, 16), ("cpu", 13, 5), ("cpu", 37, 40), ("cpu", 64, 33), ("cuda", 1021, 1536), ("cuda", 3, 300)]]
+SHAPES = [on(d, A, f) for d, A, f in
+          [("kernel", 1, 16), ("kernel", 13, 5), ("kernel", 37, 40), ("kernel", 64, 33), ("cuda", 1021, 1536),
+           ("cuda", 3, 300)]]
 DTYPES = [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)]
 
 
 @pytest.mark.parametrize("device,A,f", SHAPES)
 @pytest.mark.parametrize("dtype,tol", DTYPES)
 def test_triton_backward_kernel(nan_poison, device, A, f, dtype, tol):
-    """The kernel (under the interpreter on CPU): one row, primes, widths past the column block
-    (16 under the interpreter, 256 on a GPU)."""
+    """The kernel (compiled on CUDA, under the interpreter on CPU): one row, primes, widths past the
+    column block (16 under the interpreter, 256 on a GPU)."""
     from mm.ops.weighted_swiglu.triton_kernel import weighted_swiglu_backward
 
     gu, w = (3 * torch.randn(A, 2 * f, device=device)).to(dtype), torch.rand(A, device=device)

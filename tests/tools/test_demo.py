@@ -1,5 +1,7 @@
 """`mm demo --fast`: every stage runs end to end and the summary names its figures."""
 
+import torch
+
 from tools.cli import main
 
 
@@ -8,9 +10,10 @@ def test_fast_demo_runs_every_stage(tmp_path, capsys):
     summary = (tmp_path / "summary.md").read_text()
     for figure in ("held-out loss", "unigram baseline", "greedy accuracy", "sample"):
         assert figure in summary
+    assert ("| all | device | cuda" if torch.cuda.is_available() else "| all | device | cpu") in summary
     assert (tmp_path / "lm" / "curves.png").is_file()
 
 
 def test_unknown_stage_is_a_usage_error(tmp_path, capsys):
-    assert main(["demo", "--stages", "lm,vl", "--out", str(tmp_path)]) == 2
+    assert main(["demo", "--stages", "lm,nope", "--out", str(tmp_path)]) == 2
     assert "unknown stage" in capsys.readouterr().err
