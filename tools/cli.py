@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Module names under tools/, in the order `mm --help` lists them.
-SUBCOMMANDS = ("train", "generate", "demo", "shards", "tokenizer", "plot")
+SUBCOMMANDS = ("train", "generate", "demo", "shards", "tokenizer", "plot", "eval")
 
 
 class UsageError(Exception):
