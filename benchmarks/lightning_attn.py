@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks import plot_results  # noqa: E402
 from mm.ops.lightning_attn import build_slopes, lightning_attn  # noqa: E402
 from mm.ops.lightning_attn.reference import lightning_attn_quadratic  # noqa: E402
 
@@ -207,6 +208,7 @@ def main() -> None:
             for T in (4096, max(args.seqlens)):
                 record("ours", ours_fn, d, T, layer, layer_slopes)
     print(write(args.out, meta, rows, time.time() - t_start))
+    plot_results.plot_beside(os.path.join(args.out, "lightning_attn.json"))
 
 
 def appended(out_dir: str, meta: dict, dims: list[int], seqlens: list[int]) -> tuple[dict, list[dict]]:
@@ -247,6 +249,7 @@ def write(out_dir: str, meta: dict, rows: list[dict], seconds: float) -> str:
         lines += ["Correctness on the GPU (relative L2 error):", ""]
         lines += [f"- {k}: " + ", ".join(f"{n} {x:.1e}" for n, x in v.items()) for k, v in meta["correctness"].items()]
         lines.append("")
+    lines += ["![throughput against T](lightning_attn.png)", ""]  # drawn at the end of the run (plot_results)
     ratios = {}
     for d in sorted({r["d"] for r in rows}, reverse=True):
         lines += [f"## d = e = {d}", "",

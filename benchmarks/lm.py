@@ -38,6 +38,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks import plot_results  # noqa: E402
 from benchmarks.common import back_to_back_ms, time_ms, write_results  # noqa: E402
 from mm.cuda_graph import StepGraph  # noqa: E402
 from mm.layers.moe import MoE  # noqa: E402
@@ -297,7 +298,7 @@ def main() -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = "lm" if not args.tiny else "lm_tiny_smoke"
     notes = ("Reference (issue 4): a dense 0.55B Llama-style model with SDPA trains at 133K tok/s at 2K, "
-             "106K at 8K, 59K at 32K on this card (≈ 48 % MFU).")
+             f"106K at 8K, 59K at 32K on this card (≈ 48 % MFU).\n\n![tokens/s, MFU, decode, MoE layer]({name}.png)")
     plan = [
         ("check", dev.type == "cuda", lambda: check_varlen(dev), ["check", "relative error", "ok"]),
         ("moe layer: forward+backward", args.only in (None, "moe"), lambda: bench_moe(args, dev),
@@ -320,6 +321,7 @@ def main() -> None:
             sections[heading] = (run(), columns)
             text = write_results(args.out, name, "Hybrid lightning-attention MoE LM", sections, notes)  # after each
     print(text)
+    plot_results.plot_beside(os.path.join(args.out, f"{name}.json"))
 
 
 if __name__ == "__main__":

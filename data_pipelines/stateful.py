@@ -47,16 +47,17 @@ class SampleReader(Protocol):
     def decode(self, sample: dict, rng: random.Random) -> Any: ...
 
     def batches(
-        self, items: Iterator[tuple[int, Any]], batch_size: int, carry: int, finite: bool
+        self, items: Iterator[tuple[int, Any]], batch_size: int, carry: int, keep_partial: bool
     ) -> Iterator[tuple[dict, int, int]]:
-        """(batch, R, carry) triples from (r, decoded item) pairs."""
+        """(batch, R, carry) triples from (r, decoded item) pairs; with ``keep_partial`` (a one-pass
+        stream, ``StreamConfig.keep_partial``) a last, partial batch is yielded too."""
         ...
 
 
 def fixed_batches(
-    items: Iterator[tuple[int, Any]], batch_size: int, collate: Callable[[list], dict], finite: bool
+    items: Iterator[tuple[int, Any]], batch_size: int, collate: Callable[[list], dict], keep_partial: bool
 ) -> Iterator[tuple[dict, int, int]]:
-    """Batches of exactly ``batch_size`` items; a finite stream's last partial batch is kept."""
+    """Batches of exactly ``batch_size`` items, then with ``keep_partial`` the rest as a smaller one."""
     buf: list = []
     r = 0
     for r, item in items:
@@ -64,7 +65,7 @@ def fixed_batches(
         if len(buf) == batch_size:
             yield collate(buf), r, 0
             buf = []
-    if buf and finite:
+    if buf and keep_partial:
         yield collate(buf), r, 0
 
 
@@ -146,7 +147,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         redo = pending if carry0 and pending is not None else None
         items = self._decode(numbered, counter, g, redo)
         n = n0
-        for batch, r, carry in self.reader.batches(items, cfg.batch_size, carry0, self.finite):
+        keep_partial = self.finite and cfg.keep_partial
+        for batch, r, carry in self.reader.batches(items, cfg.batch_size, carry0, keep_partial):
             n += 1
             meta = {"worker": logical, "epoch": epoch, "pos": [r, carry, n], "counts": counter.snapshot()}
             yield batch, meta

@@ -37,6 +37,10 @@ class StreamConfig:
     # Samples per epoch over all ranks. With resample=False, 0 means one pass over the shards
     # (for evaluation; ranks may then see different batch counts).
     samples_per_epoch: int = 100_000
+    # One-pass streams (samples_per_epoch=0): yield the last batch even when it is partial (fewer
+    # items; packed text pads its last row, see data_pipelines.packing), so that evaluation sees every
+    # sample; false drops it (as DataLoader's drop_last) for fixed shapes. Endless streams never end.
+    keep_partial: bool = True
     shuffle_buffer: int = 1000  # raw samples held per worker; 0 or 1: no shuffling
     shuffle_shards: bool = True  # resample=False: a seeded shard order per round (else as listed)
     num_workers: int = 2

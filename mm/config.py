@@ -8,6 +8,7 @@ the value came from, and checks that no required value (``MISSING``) is left uns
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["MISSING", "ConfigError", "load_config", "read_yaml", "to_yaml", "parse_overrides"]
+__all__ = ["MISSING", "ConfigError", "check_shard_keys", "load_config", "read_yaml", "to_yaml", "parse_overrides"]
 
 T = TypeVar("T")
 
@@ -78,6 +79,40 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         return OmegaConf.to_object(cfg)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{path or 'config'}: {err}") from None
+
+
+def check_shard_keys(config: Any, keys: Iterable[str]) -> None:
+    """Check the shard specs at the dotted ``keys`` of a loaded config, before any work starts.
+
+    ``*`` stands for every item of a list (``data.sources.*.stream.shards``). A spec that leads to
+    no shard (a missing path, a folder without shards, a remote URL:
+    :func:`data_pipelines.shards.spec.check_shard_specs`) is a :class:`ConfigError` naming the key
+    and the path. An empty list passes: whether one is needed is the recipe's business. Only for the
+    command that is about to read the data: a checkpoint's config may name shards of another machine.
+    """
+    from data_pipelines.shards.spec import check_shard_specs
+
+    for key in keys:
+        for name, specs in _values_at(config, key.split("."), ""):
+            try:
+                check_shard_specs(specs)
+            except ValueError as err:
+                raise ConfigError(f"key '{name}': {err}") from None
+
+
+def _values_at(node: Any, parts: list[str], prefix: str) -> Iterator[tuple[str, Any]]:
+    """(full key, value) at the dotted path ``parts`` below ``node``; ``*`` walks every list item."""
+    if not parts:
+        yield prefix, node
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        for i, item in enumerate(node):
+            yield from _values_at(item, rest, f"{prefix}[{i}]")
+        return
+    if not hasattr(node, head):
+        raise ValueError(f"config key '{prefix or '<root>'}' ({type(node).__name__}) has no field {head!r}")
+    yield from _values_at(getattr(node, head), rest, f"{prefix}.{head}" if prefix else head)
 
 
 def to_yaml(config: Any) -> str:

@@ -24,24 +24,34 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mm.config import ConfigError, to_yaml
+    from mm.config import ConfigError, check_shard_keys, to_yaml
     from mm.train.checkpoint import CheckpointError
     from mm.train.recipe import get_recipe, load_recipe_config
     from mm.train.trainer import Trainer, TrainingDiverged
 
     try:
         cfg = load_recipe_config(args.config, args.overrides)
+        recipe = get_recipe(cfg.recipe)
+        if not args.print_config:  # printing a config needs no data
+            check_shard_keys(cfg, recipe.shard_keys)
     except ConfigError as err:
         raise UsageError(str(err)) from None
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    trainer = Trainer(get_recipe(cfg.recipe)(cfg))
+    trainer = Trainer(recipe(cfg))
     try:
         result = trainer.fit(resume=args.resume)
     except (CheckpointError, TrainingDiverged) as err:
         print(f"mm train: error: {err}", file=sys.stderr)
         return 1
+    if result.already_complete:
+        others = [o for o in args.overrides if not o.startswith("train.steps=")]
+        print(f"run {result.run_dir} is already complete at step {result.step} (train.steps={cfg.train.steps}; "
+              f"checkpoint {result.checkpoint}); nothing to do.\n"
+              f"to train on, raise train.steps: mm train {' '.join([args.config, *others])} "
+              f"train.steps=<more than {result.step}> --resume latest")
+        return 0
     if result.interrupted_by is not None:
         print(f"stopped by signal {result.interrupted_by} at step {result.step}; checkpoint {result.checkpoint}\n"
               f"continue with: mm train {args.config} {' '.join(args.overrides)} --resume latest", file=sys.stderr)

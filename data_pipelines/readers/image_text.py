@@ -79,8 +79,8 @@ class ImageTextReader:
             batch["text_ids"], batch["text_lengths"] = ids, lengths
         return batch
 
-    def batches(self, items: Iterator, batch_size: int, carry: int, finite: bool):
-        return fixed_batches(items, batch_size, self.collate, finite)
+    def batches(self, items: Iterator, batch_size: int, carry: int, keep_partial: bool):
+        return fixed_batches(items, batch_size, self.collate, keep_partial)
 
 
 def build_image_text_reader(cfg: ImageTextReaderConfig, tokenizer=None) -> ResumableLoader:

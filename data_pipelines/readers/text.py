@@ -44,8 +44,10 @@ class TextReader:
             raise SampleError("empty_text", "document is empty")
         return list(self.tokenizer.encode(text)) + [self.tokenizer.eos_id]
 
-    def batches(self, items: Iterator, batch_size: int, carry: int, finite: bool):
-        return pack_documents(items, batch_size, self.cfg.seq_len, carry)
+    def batches(self, items: Iterator, batch_size: int, carry: int, keep_partial: bool):
+        # a partial last batch is padded with EOS (label -100): an id every tokenizer here has
+        return pack_documents(items, batch_size, self.cfg.seq_len, carry, keep_partial=keep_partial,
+                              pad_id=self.tokenizer.eos_id)
 
 
 def build_text_reader(cfg: TextReaderConfig, tokenizer) -> ResumableLoader:

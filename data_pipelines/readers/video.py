@@ -73,8 +73,8 @@ class VideoReader:
                 batch["mel"] = log_mel(batch["audio"], self.cfg.audio)  # [B, n_mels, F]
         return batch
 
-    def batches(self, items: Iterator, batch_size: int, carry: int, finite: bool):
-        return fixed_batches(items, batch_size, self.collate, finite)
+    def batches(self, items: Iterator, batch_size: int, carry: int, keep_partial: bool):
+        return fixed_batches(items, batch_size, self.collate, keep_partial)
 
 
 def build_video_reader(cfg: VideoReaderConfig) -> ResumableLoader:

@@ -74,8 +74,8 @@ class VQAReader:
             batch["question_ids"], batch["question_lengths"] = ids, lengths
         return batch
 
-    def batches(self, items: Iterator, batch_size: int, carry: int, finite: bool):
-        return fixed_batches(items, batch_size, self.collate, finite)
+    def batches(self, items: Iterator, batch_size: int, carry: int, keep_partial: bool):
+        return fixed_batches(items, batch_size, self.collate, keep_partial)
 
 
 def build_vqa_reader(cfg: VQAReaderConfig, tokenizer=None) -> ResumableLoader:

@@ -46,6 +46,10 @@ class StepOutput:
 class Recipe(abc.ABC):
     config_cls: type[RecipeConfig] = RecipeConfig
     unit: str = "samples"  # what `StepOutput.count` counts, shown in the progress bar as <unit>/s
+    # dotted config keys of the shard specs the recipe reads ("*": every item of a list), e.g.
+    # ("data.stream.shards", "eval.shards"): `mm train` checks them before any work starts and
+    # refuses a missing path or a folder without shards as a config error (mm.config.check_shard_keys)
+    shard_keys: tuple[str, ...] = ()
 
     def __init__(self, cfg: RecipeConfig):
         self.cfg = cfg

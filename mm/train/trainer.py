@@ -38,6 +38,7 @@ class TrainResult:
     eval_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     interrupted_by: int | None = None  # signal number when stopped by SIGTERM/SIGINT
+    already_complete: bool = False  # resumed at or past train.steps: nothing was trained, evaluated or written
 
 
 def resolve_device(name: str) -> torch.device:
@@ -205,6 +206,8 @@ class Trainer:
     def fit(self, resume: str | None = None) -> TrainResult:
         self._build()
         resumed_from = self._resume(resume) if resume else None
+        if resumed_from and self.step >= self.cfg.train.steps:  # a larger train.steps continues the run
+            return TrainResult(self.run_dir, self.step, None, checkpoint=resumed_from, already_complete=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(self.config_yaml)
         log = RunLog(self.run_dir, resume_step=self.step if resumed_from else None)

@@ -40,7 +40,8 @@ def test_webdataset_shardwriter_shards(tmp_path):
             img = Image.new("RGB", (20, 20), (i * 10, 0, 0))
             sink.write({"__key__": f"s{i:03d}", "jpg": img, "txt": f"caption {i}"})
     got = image_text(tmp_path)  # no sizes.json: uniform shard weights
-    assert got == [(f"s{i:03d}", f"caption {i}") for i in range(10)]
+    assert got == [(f"s{i:03d}", f"caption {i}") for i in range(10)]  # batches of 4, 4 and the last 2
+    assert image_text(tmp_path, keep_partial=False) == got[:8]  # drop_last
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -151,23 +152,30 @@ def test_packing_format(tmp_path):
     for d in docs:
         doc_start.append(len(stream))
         stream += tok.encode(d) + [tok.eos_id]
-    assert len(batches) == len(stream) // (B * T)
+    full, rest = divmod(len(stream), B * T)
+    rows = -(-rest // T)  # the last batch of a one-pass stream: the leftover tokens, last row padded
+    assert len(batches) == full + 1 and 0 < rest < (rows * T) and rows < B
     starts = set(doc_start)
     for n, b in enumerate(batches):
-        assert b["input_ids"].shape == (B, T) and b["labels"].shape == (B, T)
+        size = B * T if n < full else rows * T
+        assert b["input_ids"].shape == b["labels"].shape == (size // T, T)
         off = n * B * T
+        real = stream[off : off + size]
         flat = b["input_ids"].flatten().tolist()
-        assert flat == stream[off : off + B * T]
+        assert flat == real + [tok.eos_id] * (size - len(real))
         labels = b["labels"].flatten().tolist()
         for i, lab in enumerate(labels):
             g = off + i
-            if stream[g] == tok.eos_id:
+            if g >= len(stream) or stream[g] == tok.eos_id:
                 assert lab == IGNORE_INDEX
             else:
                 assert lab == stream[g + 1]
-        want = sorted({i for i in range(0, B * T, T)} | {s - off for s in starts if off <= s < off + B * T})
-        assert b["cu_seqlens"].tolist() == want + [B * T]
+        want = {i for i in range(0, size, T)} | {s - off for s in starts if off <= s < off + size}
+        want |= {len(real)} - {size}  # the padding is a segment of its own
+        assert b["cu_seqlens"].tolist() == sorted(want) + [size]
         assert b["cu_seqlens"].dtype == torch.int32
+    dropped = one_pass(tmp_path, batch_size=B, keep_partial=False)
+    assert len(take(build_text_reader(TextReaderConfig(stream=dropped, seq_len=T), tok))) == full
     pos = document_positions(batches[0]["cu_seqlens"], B, T)
     assert pos.shape == (B, T) and (pos[:, 0] == 0).all()
 

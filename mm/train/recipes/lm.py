@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from data_pipelines.tokenizers import load_tokenizer
 from mm.models.lm import LM, LMConfig, compile_layers
 from mm.train.config import RecipeConfig
 from mm.train.recipe import Recipe, StepOutput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +71,7 @@ def router_metrics(out) -> dict[str, torch.Tensor]:
 class LMRecipe(Recipe):
     config_cls = LMRecipeConfig
     unit = "tok"
+    shard_keys = ("data.stream.shards", "eval.shards")
 
     def __init__(self, cfg: LMRecipeConfig):
         super().__init__(cfg)
@@ -115,7 +119,7 @@ class LMRecipe(Recipe):
                 labels = batch["labels"][batch["labels"] != -100].tolist()
                 nll -= sum(math.log((counts[t] + 1) / total) for t in labels)
                 n += len(labels)
-            self._unigram_loss = nll / max(n, 1)
+            self._unigram_loss = nll / n  # evaluate() asks only once it has seen held-out tokens
         return self._unigram_loss
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
@@ -129,5 +133,9 @@ class LMRecipe(Recipe):
             count = int(out.num_tokens)
             nll += out.lm_loss.item() * count  # the language-model loss alone, without the router's terms
             n += count
-        loss = nll / max(n, 1)
+        if n == 0:  # a mean over no tokens is no figure at all: say so, record nothing
+            log.warning("eval.shards %s: nothing to evaluate (no held-out document with text under the %r key); "
+                        "no eval figures recorded", self.cfg.eval.shards, self.cfg.data.text_key)
+            return {}
+        loss = nll / n
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "unigram_loss": self.unigram_loss()}
