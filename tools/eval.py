@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib
 
 # Modules under tools/ that add actions to `mm eval`, in the order `mm eval --help` lists them.
-FAMILIES = ("eval_vl",)  # caption, vqa
+FAMILIES = ("eval_vl", "eval_av")  # caption, vqa; avhscore
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="caption and VQA metrics of a model or of a predictions file",
+        help="caption and VQA metrics of a model or of a predictions file; AVHScore of videos",
         description="Score a trained model on eval shards (with a blind baseline: the same model, images "
         "blanked), or score any system's predictions from a JSONL file. Example: "
         "mm eval vqa --predictions preds.jsonl --out scores.json",

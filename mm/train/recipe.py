@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +74,18 @@ class Recipe(abc.ABC):
         return {}
 
 
+def nothing_to_evaluate(shards: list[str], why: str = "no held-out sample") -> dict[str, float]:
+    """What ``evaluate`` returns when the held-out shards gave nothing to measure: no figure at all (a
+    mean over nothing is not 0), and a warning that says so."""
+    logging.getLogger("mm.train").warning("eval.shards %s: nothing to evaluate (%s); no eval figures recorded",
+                                          shards, why)
+    return {}
+
+
 # name -> "module:Class"; imported only when used, so `mm --help` stays fast.
 RECIPES: dict[str, str] = {
     "lm": "mm.train.recipes.lm:LMRecipe",
+    "av_encoder": "mm.train.recipes.av_encoder:AVEncoderRecipe",
 }
 
 

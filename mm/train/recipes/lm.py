@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,9 +14,7 @@ from data_pipelines.stream import one_pass
 from data_pipelines.tokenizers import load_tokenizer
 from mm.models.lm import LM, LMConfig, compile_layers
 from mm.train.config import RecipeConfig
-from mm.train.recipe import Recipe, StepOutput
-
-log = logging.getLogger(__name__)
+from mm.train.recipe import Recipe, StepOutput, nothing_to_evaluate
 
 
 @dataclass
@@ -133,9 +130,8 @@ class LMRecipe(Recipe):
             count = int(out.num_tokens)
             nll += out.lm_loss.item() * count  # the language-model loss alone, without the router's terms
             n += count
-        if n == 0:  # a mean over no tokens is no figure at all: say so, record nothing
-            log.warning("eval.shards %s: nothing to evaluate (no held-out document with text under the %r key); "
-                        "no eval figures recorded", self.cfg.eval.shards, self.cfg.data.text_key)
-            return {}
+        if n == 0:
+            return nothing_to_evaluate(self.cfg.eval.shards,
+                                       f"no held-out document with text under the {self.cfg.data.text_key!r} key")
         loss = nll / n
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "unigram_loss": self.unigram_loss()}
