@@ -75,3 +75,54 @@ def test_models_the_format_cannot_hold_fail_clearly(tmp_path):
         to_hf(LM(LMConfig(hidden=32, layers=1, heads=4, kv_heads=4, head_dim=8, rotary_dim=8)), tmp_path)
     with pytest.raises(HFFormatError, match="rotary_dim"):
         to_hf(LM(LMConfig(hidden=32, layers=1, heads=4, kv_heads=4, head_dim=8, rotary_dim=4, experts=2)), tmp_path)
+
+
+def test_written_folder_holds_every_key_transformers_expects(tmp_path):
+    """The derived decay buffers are written too: transformers initialises nothing itself."""
+    torch.manual_seed(4)
+    cfg = LMConfig(vocab_size=40, hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, rotary_dim=8, ffn=16,
+                   attn_type_list=["lightning", "softmax"], experts=2, top_k=1)
+    to_hf(LM(cfg), tmp_path)
+    theirs, info = transformers.MiniMaxForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    fresh = transformers.MiniMaxForCausalLM(theirs.config)  # buffers as transformers derives them
+    for name in ("slope_rate", "query_decay", "key_decay", "diagonal_decay"):
+        torch.testing.assert_close(getattr(theirs.model.layers[0].self_attn, name),
+                                   getattr(fresh.model.layers[0].self_attn, name), rtol=1e-5, atol=1e-7)
+
+
+def release_config(hf_config: dict, **overrides) -> dict:
+    """The same model described as MiniMax's own release (MiniMaxText01) describes it."""
+    alpha = hf_config["full_attn_alpha_factor"]
+    config = {
+        "architectures": ["MiniMaxText01ForCausalLM"], "model_type": "minimax_text_01",
+        "attn_type_list": [1 if t == "full_attention" else 0 for t in hf_config["layer_types"]],
+        "rotary_dim": hf_config["head_dim"], "rope_theta": hf_config["rope_parameters"]["rope_theta"], "postnorm": True,
+        **{f"layernorm_{k}_{ab}": (alpha if ab == "alpha" else 1.0)
+           for k in ("linear_attention", "full_attention", "mlp") for ab in ("alpha", "beta")},
+        **{k: hf_config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                     "num_attention_heads", "num_key_value_heads", "head_dim", "num_local_experts",
+                                     "num_experts_per_tok", "rms_norm_eps", "hidden_act", "tie_word_embeddings")},
+        "shared_intermediate_size": 0, "block_size": 256,
+    }  # fmt: skip
+    return {**config, **overrides}
+
+
+def test_minimax_release_config_reads(tmp_path):
+    theirs = hf_model()
+    theirs.save_pretrained(tmp_path)
+    hf_config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(release_config(hf_config)))
+    ours = from_hf(tmp_path).eval()
+    assert ours.cfg.layer_types == ["lightning", "softmax", "lightning", "softmax"] and ours.cfg.alpha == 1.7
+    ids = torch.randint(0, 61, (2, 21))
+    with torch.no_grad():
+        assert relative_error(ours(ids).logits, theirs(ids).logits) < 1e-4
+    (tmp_path / "config.json").write_text(json.dumps(release_config(hf_config, rotary_dim=4)))
+    assert from_hf(tmp_path).cfg.rotary_dim == 4  # MiniMax's partial RoPE (half the head)
+    (tmp_path / "config.json").write_text(json.dumps(release_config(hf_config, postnorm=False)))
+    with pytest.raises(HFFormatError, match="postnorm=False"):
+        from_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(release_config(hf_config, layernorm_mlp_alpha=2.0)))
+    with pytest.raises(HFFormatError, match="layernorm_"):
+        from_hf(tmp_path)
