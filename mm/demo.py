@@ -6,6 +6,7 @@ with a recipe config from ``configs/``, evaluates, and returns the figures for t
 
 from __future__ import annotations
 
+import importlib
 import random
 import time
 from collections.abc import Callable
@@ -79,7 +80,18 @@ def lm_stage(out: Path, fast: bool) -> StageResult:
     )
 
 
-STAGES: dict[str, Callable[[Path, bool], StageResult]] = {"lm": lm_stage}
+# name -> "module:function(out, fast) -> StageResult", in the order `mm demo` runs them; each stage's
+# module is imported only when it runs.
+STAGES: dict[str, str] = {
+    "lm": "mm.demo:lm_stage",
+    "lightnet": "mm.demo_lightnet:lightnet_stage",
+    "av": "mm.demo_av:av_stage",
+}
+
+
+def stage_function(name: str) -> Callable[[Path, bool], StageResult]:
+    module, _, function = STAGES[name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def run_demo(out: Path, stages: list[str], fast: bool = False) -> list[StageResult]:
@@ -87,7 +99,7 @@ def run_demo(out: Path, stages: list[str], fast: bool = False) -> list[StageResu
     for name in stages:
         start = time.perf_counter()
         print(f"== demo stage: {name}", flush=True)
-        result = STAGES[name](out, fast)
+        result = stage_function(name)(out, fast)
         result.seconds = time.perf_counter() - start
         results.append(result)
     return results

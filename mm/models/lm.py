@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mm.layers.lightnet import TokenMixer
 from mm.layers.lightning_attention import LightningAttention
 from mm.layers.moe import MoE, RouterStats
 from mm.layers.norm import RMSNorm
@@ -21,7 +22,7 @@ from mm.layers.softmax_attention import SoftmaxAttention
 from mm.layers.swiglu import SwiGLU
 from mm.ops.linear_cross_entropy import linear_cross_entropy
 
-ATTN_TYPES = ("lightning", "softmax")
+ATTN_TYPES = ("lightning", "softmax", "lightnet")  # lightnet: causal LightNet (DESIGN §5), training only
 
 
 @dataclass
@@ -102,6 +103,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden, cfg.norm_eps)
         if self.kind == "lightning":
             self.self_attn = LightningAttention(cfg.hidden, cfg.heads, cfg.head_dim, index, cfg.layers)
+        elif self.kind == "lightnet":  # prefix-normalised keys carry the order: no positional encoding
+            self.self_attn = TokenMixer(cfg.hidden, cfg.heads, cfg.head_dim, mixer="lightnet", causal=True,
+                                        lrpe="none", num_axes=1)
         else:
             self.self_attn = SoftmaxAttention(cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim)
         self.post_attention_layernorm = RMSNorm(cfg.hidden, cfg.norm_eps)
@@ -113,6 +117,8 @@ class DecoderLayer(nn.Module):
     def attend(self, h: torch.Tensor, packing: Packing) -> torch.Tensor:
         if self.kind == "lightning":
             return self.self_attn(h, cu_seqlens=packing.cu_seqlens)[0]
+        if self.kind == "lightnet":
+            return self.self_attn(h, None, packing.cu_seqlens)
         return self.self_attn(h, packing.rope, packing.cu_seqlens, packing.doc_ids)
 
     def feed_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats | None]:

@@ -48,6 +48,9 @@ def prefill(model: LM, prompts: list[list[int]], capacity: int) -> tuple[DecodeC
     """Run the prompts packed in one row; return the caches and each prompt's last logits [B, V]."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    if any(layer.kind == "lightnet" for layer in model.layers):
+        raise ValueError("decoding has no cache for lightnet layers yet (model.attn_type_list): train and "
+                         "score such models with the forward pass")
     device = model.embed_tokens.weight.device
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     ids = torch.tensor([t for p in prompts for t in p], device=device)[None]  # [1, total]

@@ -1,0 +1,235 @@
+"""LightNet attention: every backend against the float64 Δ/S̃ recurrence (DESIGN §5).
+
+Triton kernel cases run on KERNEL_DEVICE (the interpreter on CPU with 16-token blocks, so T = 17,
+63, 65, 200 cover partial and many blocks; `segment_len=32` forces the split path whose partials
+are combined per sequence).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mm.ops.lightnet_attn import lightnet_attn
+from mm.ops.lightnet_attn.reference import lightnet_recurrent
+from tests.ops.devices import NEEDS_CUDA, on
+
+F64 = torch.float64
+
+
+def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref|| in float64 on the CPU (the absolute error where ref is zero, as dk for a
+    single token, whose softmax weight is 1 whatever the key); NaN or inf anywhere gives inf."""
+    x, ref = x.detach().cpu().to(F64), ref.detach().cpu().to(F64)
+    if not torch.isfinite(x).all():
+        return float("inf")
+    err, norm = (x - ref).norm().item(), ref.norm().item()
+    return err / norm if norm > 1e-8 else err
+
+
+def inputs(B, T, H, d, e, *, key_scale=2.0):
+    q = torch.randn(B, T, H, d, dtype=F64)
+    k = torch.randn(B, T, H, d, dtype=F64) * key_scale  # peaked softmaxes, not near-uniform ones
+    v = torch.randn(B, T, H, e, dtype=F64)
+    return q, k, v
+
+
+def run(backend, q, k, v, *, causal, cu_seqlens=None, segment_len=None):
+    if backend == "triton":
+        from mm.ops.lightnet_attn.triton_function import lightnet_noncausal_triton
+
+        return lightnet_noncausal_triton(q, k, v, cu_seqlens=cu_seqlens, segment_len=segment_len)
+    return lightnet_attn(q, k, v, causal=causal, cu_seqlens=cu_seqlens, backend=backend)
+
+
+def outputs_and_grads(backend, q, k, v, do, **kw):
+    """(o, dq, dk, dv) for the loss <o, do>."""
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    o = run(backend, *leaves, **kw)
+    grads = torch.autograd.grad((o.to(F64) * do.to(o.device)).sum(), leaves)
+    return (o, *grads)
+
+
+def assert_close(got, ref, tol):
+    for name, x, r in zip(["o", "dq", "dk", "dv"], got, ref, strict=True):
+        assert rel(x, r) < tol, f"{name}: {rel(x, r):.2e}"
+
+
+# --- the reference ---------------------------------------------------------------------------------
+
+
+def test_reference_causal_is_the_noncausal_form_on_each_prefix():
+    """Prefix normalisation: the causal output at t is the non-causal output of tokens 0..t."""
+    q, k, v = inputs(2, 9, 2, 5, 3)
+    causal = lightnet_recurrent(q, k, v, causal=True)
+    for t in range(9):
+        prefix = lightnet_recurrent(q[:, : t + 1], k[:, : t + 1], v[:, : t + 1], causal=False)
+        assert rel(causal[:, t], prefix[:, t]) < 1e-13
+    p = torch.softmax(k, dim=1)  # o_t = q_t Σ_s softmax_s(k)_s v_sᵀ
+    assert rel(lightnet_recurrent(q, k, v, causal=False), torch.einsum("bthd,bshd,bshe->bthe", q, p, v)) < 1e-13
+
+
+# --- every backend against the reference ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
+@pytest.mark.parametrize("T", [1, 17, 63, 65, 200])
+def test_chunked_against_reference(causal, T):
+    q, k, v = inputs(2, T, 3, 24, 16)  # d != e, d not a power of two
+    do = torch.randn(2, T, 3, 16, dtype=F64)
+    ref = outputs_and_grads("reference", q, k, v, do, causal=causal)
+    assert_close(outputs_and_grads("chunked", q, k, v, do, causal=causal), ref, 1e-11)
+
+
+@pytest.mark.parametrize("segment_len", [None, 32], ids=["whole", "split"])
+@pytest.mark.parametrize("device", [on("kernel")])
+@pytest.mark.parametrize("T", [1, 17, 63, 65, 200])
+def test_triton_noncausal_against_reference(nan_poison, device, T, segment_len):
+    q, k, v = inputs(2, T, 2, 24, 16)
+    do = torch.randn(2, T, 2, 16, dtype=F64)
+    ref = outputs_and_grads("reference", q, k, v, do, causal=False)
+    got = outputs_and_grads("triton", *(x.float().to(device) for x in (q, k, v)), do, causal=False,
+                            segment_len=segment_len)
+    assert_close(got, ref, 1e-5)
+
+
+@pytest.mark.parametrize("device", [on("kernel")])
+def test_triton_bfloat16(nan_poison, device):
+    """bf16 inputs, float32 partials: ≈ bf16 rounding of the output (and of the matrices S, dS)."""
+    q, k, v = (x.to(torch.bfloat16) for x in inputs(2, 65, 2, 32, 48))
+    do = torch.randn(2, 65, 2, 48, dtype=F64)
+    ref = outputs_and_grads("reference", q.double(), k.double(), v.double(), do, causal=False)
+    got = outputs_and_grads("triton", *(x.to(device) for x in (q, k, v)), do, causal=False, segment_len=32)
+    assert got[0].dtype == torch.bfloat16
+    assert_close(got, ref, 1e-2)
+
+
+@pytest.mark.parametrize("device", [on("kernel")])
+def test_triton_reads_strided_views_of_a_fused_projection(nan_poison, device):
+    """q, k, v cut from one [B, T, H, 3d] projection: token stride 3Hd, head stride 3d."""
+    qkv = torch.randn(2, 40, 2, 3 * 16, dtype=F64)
+    do = torch.randn(2, 40, 2, 16, dtype=F64)
+    ref = outputs_and_grads("reference", *qkv.split(16, dim=-1), do, causal=False)
+    leaf = qkv.float().to(device).requires_grad_()
+    q, k, v = leaf.split(16, dim=-1)
+    assert not q.is_contiguous()
+    o = run("triton", q, k, v, causal=False, segment_len=None)
+    (grad,) = torch.autograd.grad((o.double() * do.to(o.device)).sum(), leaf)
+    assert_close((o, *grad.split(16, dim=-1)), ref, 1e-5)
+
+
+# --- varlen ------------------------------------------------------------------------------------------
+
+VARLEN = [on("cpu", "chunked", True, None, id="chunked-causal"), on("cpu", "chunked", False, None, id="chunked"),
+          on("kernel", "triton", False, None, id="triton"), on("kernel", "triton", False, 32, id="triton-split")]
+
+
+@pytest.mark.parametrize("device,backend,causal,segment_len", VARLEN)
+def test_varlen_equals_separate_sequences(nan_poison, device, backend, causal, segment_len):
+    """Uneven packed sequences (one of a single token, one empty) equal separate calls."""
+    lens = [45, 1, 0, 83]
+    cu = torch.tensor([0, 45, 46, 46, 129], dtype=torch.int32)
+    q, k, v = inputs(1, sum(lens), 2, 16, 24)
+    do = torch.randn(1, sum(lens), 2, 24, dtype=F64)
+    if backend == "triton":
+        q, k, v = (x.float().to(device) for x in (q, k, v))
+        cu = cu.to(device)
+    packed = outputs_and_grads(backend, q, k, v, do, causal=causal, cu_seqlens=cu, segment_len=segment_len)
+    bounds = cu.tolist()
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        if a == b:
+            continue
+        one = outputs_and_grads("reference", *(x[:, a:b].cpu().double() for x in (q, k, v)), do[:, a:b],
+                                causal=causal)
+        assert_close([x[:, a:b] for x in packed], one, 1e-5)
+
+
+# --- stability and causality -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,scale,tol", [(torch.float32, 80.0, 1e-4), (torch.bfloat16, 20.0, 2e-2)])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
+def test_large_keys_do_not_overflow(causal, dtype, scale, tol):
+    """Keys of magnitude 80 (fp32) and 20 (bf16): exp(k) alone would overflow; outputs and gradients
+    stay finite and match the float64 recurrence on the same rounded inputs."""
+    q, k, v = inputs(1, 70, 2, 16, 16)
+    k = (torch.rand_like(k) * 2 - 1) * scale
+    k[0, 30:35] = scale  # a run of the largest key right after small ones
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    do = torch.randn(1, 70, 2, 16, dtype=F64)
+    ref = outputs_and_grads("reference", q.double(), k.double(), v.double(), do, causal=causal)
+    assert_close(outputs_and_grads("chunked", q, k, v, do, causal=causal), ref, tol)
+
+
+@pytest.mark.parametrize("device", [on("kernel")])
+def test_triton_large_keys_do_not_overflow(nan_poison, device):
+    q, k, v = inputs(1, 70, 2, 16, 16)
+    k = (torch.rand_like(k) * 2 - 1) * 80
+    do = torch.randn(1, 70, 2, 16, dtype=F64)
+    ref = outputs_and_grads("reference", q, k, v, do, causal=False)
+    got = outputs_and_grads("triton", *(x.float().to(device) for x in (q, k, v)), do, causal=False,
+                            segment_len=32)
+    assert_close(got, ref, 1e-4)
+
+
+def test_causal_output_at_t_ignores_later_tokens():
+    q, k, v = inputs(2, 50, 2, 8, 8)
+    o = lightnet_attn(q, k, v, causal=True)
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):
+        x[:, 30:] = torch.randn_like(x[:, 30:]) * 5
+    o2 = lightnet_attn(q2, k2, v2, causal=True)
+    assert torch.equal(o[:, :30], o2[:, :30]) and not torch.allclose(o[:, 30:], o2[:, 30:])
+    # and the non-causal form is permutation-equivariant: the single-scan property
+    perm = torch.randperm(50)
+    o_nc = lightnet_attn(q, k, v, causal=False)
+    assert rel(lightnet_attn(q[:, perm], k[:, perm], v[:, perm], causal=False), o_nc[:, perm]) < 1e-13
+
+
+def test_argument_errors():
+    q, k, v = inputs(2, 10, 2, 8, 8)
+    with pytest.raises(ValueError, match="backend"):
+        lightnet_attn(q, k, v, causal=True, backend="cuda")
+    with pytest.raises(ValueError, match="non-causal form only"):
+        lightnet_attn(q.float(), k.float(), v.float(), causal=True, backend="triton")
+    with pytest.raises(ValueError, match="batch size must be 1"):
+        lightnet_attn(q, k, v, causal=False, cu_seqlens=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="cu_seqlens must rise"):
+        lightnet_attn(q[:1], k[:1], v[:1], causal=False, cu_seqlens=torch.tensor([0, 4, 3]))
+    with pytest.raises(ValueError, match="v must be"):
+        lightnet_attn(q, k, v[:, :5], causal=False)
+    with pytest.raises(ValueError, match="triton backend takes"):
+        lightnet_attn(q, k, v, causal=False, backend="triton")  # float64
+    wide = torch.randn(1, 4, 1, 80)
+    with pytest.raises(ValueError, match="head dims up to 64"):
+        lightnet_attn(wide, wide, wide, causal=False, backend="triton")
+
+
+# --- CUDA: the compiled kernels at realistic sizes, and fla-core as an outside oracle ----------------
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("d,e", [(64, 64), (16, 48), (64, 24)])
+def test_triton_on_cuda_long_sequences(d, e):
+    q, k, v = inputs(2, 3000, 3, d, e)
+    do = torch.randn(2, 3000, 3, e, dtype=F64)
+    ref = outputs_and_grads("chunked", q, k, v, do, causal=False)  # float64 torch form (= reference)
+    for seg in (None, 256):
+        got = outputs_and_grads("triton", *(x.float().cuda() for x in (q, k, v)), do, causal=False,
+                                segment_len=seg)
+        assert_close(got, ref, 1e-5)
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("varlen", [False, True])
+def test_causal_matches_fla_chunk_lightnet(varlen):
+    """fla-core's chunk_lightnet (additive gate + chunk_gla) with scale=1 is DESIGN §5's causal form."""
+    fla = pytest.importorskip("fla.ops.lightnet")
+    q, k, v = (x.float().cuda() for x in inputs(1 if varlen else 2, 300, 4, 64, 64, key_scale=1.0))
+    cu = torch.tensor([0, 100, 101, 300], device="cuda") if varlen else None
+    mine = lightnet_attn(q, k, v, causal=True, cu_seqlens=cu)
+    theirs, _ = fla.chunk_lightnet(q, k, v, scale=1.0, cu_seqlens=cu)
+    ref = lightnet_attn(q.double().cpu(), k.double().cpu(), v.double().cpu(), causal=True,
+                        cu_seqlens=None if cu is None else cu.cpu())
+    assert rel(mine, ref) < 1e-5
+    assert rel(theirs, ref) < 5e-3 and rel(mine, theirs) < 5e-3  # fla's chunk_gla may run tf32 dots
