@@ -45,5 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m tools.cli (e.g. under torchrun): run the importable module, whose
+    from tools.cli import main as _main  # UsageError is the class the subcommands raise
+
+    sys.exit(_main())

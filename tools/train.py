@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         "train",
         help="train a recipe from a YAML config",
         description="Train the recipe a YAML config names. Example: "
-        "mm train configs/lm_tiny.yaml optim.lr=3e-4 train.steps=200",
+        "mm train configs/lm_tiny.yaml optim.lr=3e-4 train.steps=200. Under torchrun (e.g. "
+        "torchrun --nproc_per_node=2 -m tools.cli train CONFIG parallel.sp=2) it trains data/sequence "
+        "parallel per the config's parallel section; rank 0 writes metrics and checkpoints.",
     )
     p.add_argument("config", help="YAML recipe, e.g. configs/lm_tiny.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
@@ -26,6 +28,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from mm.config import ConfigError, check_shard_keys, to_yaml
     from mm.train.checkpoint import CheckpointError
+    from mm.train.parallel import shutdown
     from mm.train.recipe import get_recipe, load_recipe_config
     from mm.train.trainer import Trainer, TrainingDiverged
 
@@ -39,12 +42,18 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    trainer = Trainer(recipe(cfg))
     try:
+        trainer = Trainer(recipe(cfg))  # under torchrun: checks the world size against parallel.*, joins
         result = trainer.fit(resume=args.resume)
+    except ConfigError as err:  # e.g. a world size that does not factor into parallel.dp × parallel.sp
+        raise UsageError(str(err)) from None
     except (CheckpointError, TrainingDiverged) as err:
         print(f"mm train: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        shutdown()
+    if not trainer.main:  # rank 0 reports
+        return 0 if result.interrupted_by is None else 128 + result.interrupted_by
     if result.already_complete:
         others = [o for o in args.overrides if not o.startswith("train.steps=")]
         print(f"run {result.run_dir} is already complete at step {result.step} (train.steps={cfg.train.steps}; "
@@ -61,3 +70,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  eval {key}: {value:.4f}")
     print(f"checkpoint: {result.checkpoint}\ncurves: {result.run_dir / 'curves.png'}")
     return 0
+
+
+if __name__ == "__main__":  # torchrun -m tools.train CONFIG [KEY=VALUE ...] (= mm train)
+    from tools.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

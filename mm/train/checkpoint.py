@@ -5,7 +5,11 @@ Layout of ``<run>/checkpoints/step_00000100/``::
     model.safetensors   weights (safetensors; tied tensors stored once)
     config.yaml         the resolved config of the run
     train_state.pt      optimizer, scheduler, step, RNG states, data position: tensors and plain
-                        values only, so ``torch.load(weights_only=True)`` reads it
+                        values only, so ``torch.load(weights_only=True)`` reads it; under torchrun
+                        also each rank's data position and RNG state (``ranks``)
+    dcp/                instead of model.safetensors and the optimizer, under torchrun with FSDP:
+                        a torch.distributed.checkpoint directory (mm.distributed.checkpoint) that
+                        loads back on any world size, one process included
     COMPLETE            written last; a directory without it is never picked
 
 A checkpoint is written into a hidden temporary directory, every file and the directory are
@@ -32,6 +36,7 @@ MARKER = "COMPLETE"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 STATE = "train_state.pt"
+DCP = "dcp"  # torch.distributed.checkpoint directory (FSDP runs)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -94,18 +99,36 @@ class CheckpointManager:
             raise CheckpointError(f"--resume {spec}: incomplete checkpoint (no {MARKER} marker): not fully written")
         return path
 
-    def save(self, step: int, model: nn.Module, train_state: dict, config_yaml: str) -> Path:
-        final = self.root / f"step_{step:08d}"
-        if is_complete(final):
-            return final  # this step is already saved (e.g. a periodic save right before a signal)
+    def path(self, step: int) -> Path:
+        return self.root / f"step_{step:08d}"
+
+    def tmp_path(self, step: int, tag: str | None = None) -> Path:
+        """The hidden temporary directory of ``step`` (``tag``: a name every rank agrees on)."""
+        return self.root / f".tmp-{self.path(step).name}-{tag or os.getpid()}"
+
+    def begin(self, step: int, tag: str | None = None) -> Path:
+        """Create :meth:`tmp_path` afresh."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        tmp = self.tmp_path(step, tag)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS))
+        return tmp
+
+    def save(self, step: int, model: nn.Module | None, train_state: dict, config_yaml: str,
+             tmp: Path | None = None) -> Path:
+        """Write and commit the checkpoint of ``step``. ``model`` None with ``tmp``: the weights and
+        optimizer are already in ``tmp`` (a DCP directory ``dcp/`` written by every rank)."""
+        final = self.path(step)
+        if is_complete(final):
+            return final  # this step is already saved (e.g. a periodic save right before a signal)
+        tmp = tmp or self.begin(step)
+        names = [STATE, CONFIG]
+        if model is not None:
+            save_model(model, str(tmp / WEIGHTS))
+            names.append(WEIGHTS)
         torch.save(train_state, tmp / STATE)
         (tmp / CONFIG).write_text(config_yaml)
-        for name in (WEIGHTS, STATE, CONFIG):
+        for name in names:
             _fsync(tmp / name)
         _fsync(tmp)
         if final.exists():  # an earlier, incomplete attempt at this step

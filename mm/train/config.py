@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mm.config import MISSING
+from mm.distributed.mesh import ParallelConfig
 
 
 def _check(condition: bool, message: str) -> None:
@@ -56,9 +57,14 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
+    # per-group learning rates: parameter-name prefix -> multiplier of lr (the longest matching prefix
+    # wins; unmatched parameters keep lr), e.g. {adapter: 10, vision: 0.1}
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        for prefix, scale in self.lr_scale.items():
+            _check(scale > 0, f"optim.lr_scale.{prefix} must be > 0, got {scale}")
         _check(len(self.betas) == 2, f"optim.betas must have two values, got {self.betas}")
         _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {self.grad_clip}")
 
@@ -98,3 +104,5 @@ class RecipeConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # under torchrun: dp × sp ranks (ep experts blocks); fsdp: FSDP2 instead of DDP (mm.train.parallel)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)

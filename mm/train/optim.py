@@ -10,19 +10,29 @@ from torch import nn
 from mm.train.config import OptimConfig, ScheduleConfig
 
 
+def lr_scale_of(name: str, lr_scale: dict[str, float]) -> float:
+    """The multiplier of the longest prefix in ``lr_scale`` that names ``name`` or a module above it."""
+    matches = [p for p in lr_scale if name == p or name.startswith(p + ".")]
+    return float(lr_scale[max(matches, key=len)]) if matches else 1.0
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, capturable: bool = False) -> torch.optim.AdamW:
-    """AdamW; weight decay on parameters with ≥ 2 dims (matrices, embeddings), none on gains/biases.
+    """AdamW; weight decay on parameters with ≥ 2 dims (matrices, embeddings), none on gains/biases;
+    a learning rate per group of ``cfg.lr_scale`` (the schedule scales every group alike).
 
     Fused (one kernel per parameter list, on CPU and CUDA), which also lets the device skip a step
     itself (``found_inf``); ``capturable``: see :func:`set_update_mode`."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+    for prefix in cfg.lr_scale:
+        if not any(n == prefix or n.startswith(prefix + ".") for n, _ in model.named_parameters()):
+            raise ValueError(f"optim.lr_scale: {prefix!r} names no parameter of the model")
+    buckets: dict[tuple[float, bool], list] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+            buckets.setdefault((lr_scale_of(name, cfg.lr_scale), param.ndim >= 2), []).append(param)
+    if not cfg.lr_scale:  # the two groups every run had before per-group rates (old checkpoints resume)
+        buckets = {(1.0, True): buckets.get((1.0, True), []), (1.0, False): buckets.get((1.0, False), [])}
+    groups = [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+              for (scale, decay), params in buckets.items()]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
     set_update_mode(optimizer, capturable)
     return optimizer

@@ -64,6 +64,19 @@ class Recipe(abc.ABC):
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: dict) -> StepOutput: ...
 
+    def start_step(self, model: nn.Module, step: int) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Called before optimizer step ``step`` (0-based; also after a resume): a recipe with
+        training stages freezes or unfreezes parts of the model here (``requires_grad``)."""
+
+    def parallelize(self, model: nn.Module, parallel, device: torch.device):
+        """Under torchrun, before the optimizer and the data are built: apply ``parallel`` (a
+        :class:`mm.distributed.mesh.ParallelConfig`) to ``model`` from outside and return ``(model,
+        layout)``; ``layout`` has ``loss_scale`` and ``reduce_gradients(model)`` (as
+        :class:`mm.distributed.mesh.Layout`). Default: DDP, or FSDP2 with ``parallel.fsdp``."""
+        from mm.train.parallel import data_parallel
+
+        return data_parallel(model, parallel, device)
+
     def device_batch(self, batch: dict) -> dict:
         """The part of a loaded batch that ``loss`` reads: what the loop moves to the device (and what
         ``train.cuda_graph`` records, so it must keep its shapes from batch to batch)."""

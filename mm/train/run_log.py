@@ -25,8 +25,12 @@ class RunLog:
     TensorBoard purges its events after s, so the curves never hold two versions of a step.
     """
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True,
+                 write: bool = True):
         self.run_dir = Path(run_dir)
+        self.write = write  # False on ranks other than 0 under torchrun: log() and close() do nothing
+        if not write:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS
         if resume_step is not None and self.path.is_file():
@@ -43,6 +47,8 @@ class RunLog:
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
 
     def log(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
+        if not self.write:
+            return
         clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
         record = {"step": step, "split": split, "time": round(time.time(), 3), **clean}
         self._file.write(json.dumps(record) + "\n")
@@ -53,6 +59,8 @@ class RunLog:
                     self._tb.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> None:
+        if not self.write:
+            return
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -5,18 +5,21 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils._pytree import tree_map_only
 from tqdm import tqdm
 
-from mm.config import to_yaml
+from mm.config import ConfigError, to_yaml
 from mm.cuda_graph import StepGraph
-from mm.train.checkpoint import CheckpointManager, load_train_state, load_weights
+from mm.train import parallel as par
+from mm.train.checkpoint import DCP, CheckpointError, CheckpointManager, is_complete, load_train_state, load_weights
 from mm.train.config import RecipeConfig
 from mm.train.optim import build_optimizer, build_scheduler, set_update_mode
 from mm.train.plot import plot_runs
@@ -107,6 +110,14 @@ class Trainer:
         self.cfg: RecipeConfig = recipe.cfg
         self.run_dir = Path(self.cfg.run.dir)
         self.device = resolve_device(self.cfg.run.device)
+        # under torchrun: the process group (world size checked against cfg.parallel first), else None
+        self.world = par.init_from_env(self.cfg.parallel, self.device)
+        if self.world is not None:
+            self.device = self.world.device
+            if self.cfg.train.cuda_graph:
+                raise ConfigError("train.cuda_graph is single-process only; set train.cuda_graph=false under torchrun")
+        self.main = self.world is None or self.world.main  # the rank that writes metrics and checkpoints
+        self.sharded = self.world is not None and self.cfg.parallel.fsdp  # checkpoints through DCP
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.cfg.checkpoint.keep_last)
         self.config_yaml = to_yaml(self.cfg)
 
@@ -115,11 +126,15 @@ class Trainer:
         seed_everything(self.cfg.run.seed)
         set_deterministic(self.cfg.run.deterministic)
         self.model: nn.Module = self.recipe.build_model().to(self.device)
+        self.layout = None  # how gradients are combined across ranks (loss_scale, reduce_gradients)
+        if self.world is not None:  # before the optimizer (FSDP2 replaces parameters) and the data
+            self.model, self.layout = self.recipe.parallelize(self.model, self.cfg.parallel, self.device)
+        self.module = par.unwrap(self.model)  # parameter names as in single-process checkpoints
         graphed = self.cfg.train.cuda_graph
         if graphed and self.device.type != "cuda":
             raise ValueError(f"train.cuda_graph needs a CUDA device, got run.device={self.cfg.run.device!r} "
                              f"({self.device})")
-        self.optimizer = build_optimizer(self.model, self.cfg.optim, capturable=graphed)
+        self.optimizer = build_optimizer(self.module, self.cfg.optim, capturable=graphed)
         self.step_graph = StepGraph(self._device_step) if graphed else None
         self.scheduler = build_scheduler(self.optimizer, self.cfg.schedule, self.cfg.train.steps)
         self.data = self.recipe.build_train_data()
@@ -129,7 +144,7 @@ class Trainer:
     def _train_state(self) -> dict:
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            **({} if self.sharded else {"optimizer": self.optimizer.state_dict()}),  # FSDP: in the DCP dir
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "data": self.data.state_dict(),
@@ -138,19 +153,56 @@ class Trainer:
 
     def _resume(self, spec: str) -> Path:
         path = self.checkpoints.resolve(spec)
-        load_weights(path, self.model)
         state = load_train_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if (path / DCP).is_dir():  # written under FSDP by any world size: DCP reshards on load
+            from mm.distributed.checkpoint import load_dcp
+
+            load_dcp(path / DCP, self.module, self.optimizer)
+        elif self.sharded:
+            raise CheckpointError(f"--resume {path}: an FSDP run resumes from a DCP checkpoint ({DCP}/), "
+                                  "this one holds whole weights: resume it with parallel.fsdp=false")
+        else:
+            load_weights(path, self.module)
+            self.optimizer.load_state_dict(state["optimizer"])
         set_update_mode(self.optimizer, capturable=self.step_graph is not None)  # whatever run saved it
         self.scheduler.load_state_dict(state["scheduler"])
-        self.data.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
+        ranks = state.get("ranks") or [{"data": state["data"], "rng": state["rng"]}]  # per rank under torchrun
+        world = self.world.size if self.world else 1
+        if len(ranks) == world:
+            mine = ranks[self.world.rank if self.world else 0]
+            self.data.load_state_dict(mine["data"])
+            set_rng_state(mine["rng"])
+        else:  # the data positions of R ranks do not map onto another world size
+            warnings.warn(f"--resume {path}: written by {len(ranks)} process(es), resumed by {world}: model, "
+                          "optimizer and schedule continue exactly, the data stream starts afresh", stacklevel=2)
+            set_rng_state(ranks[0]["rng"])
         self.step = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
         return path
 
     def save(self) -> Path:
-        return self.checkpoints.save(self.step, self.model, self._train_state(), self.config_yaml)
+        state = self._train_state()
+        if self.world is None:
+            return self.checkpoints.save(self.step, self.module, state, self.config_yaml)
+        # under torchrun: every rank's data position and RNG, then rank 0 commits (temp dir, rename,
+        # COMPLETE) after the weights are written: by rank 0 (DDP, identical replicas) or DCP (FSDP)
+        final = self.checkpoints.path(self.step)
+        done = is_complete(final)  # every rank looks before the gather below, so before rank 0 writes
+        state["ranks"] = par.gather_objects({"data": state["data"], "rng": state["rng"]})
+        if done:
+            return final
+        tmp = self.checkpoints.tmp_path(self.step, tag="dist") if self.sharded else None
+        if tmp is not None:
+            if self.main:
+                self.checkpoints.begin(self.step, tag="dist")
+            dist.barrier()
+            from mm.distributed.checkpoint import save_dcp
+
+            save_dcp(tmp / DCP, self.module, self.optimizer)  # a collective; returns once the metadata is written
+        if self.main:
+            self.checkpoints.save(self.step, None if self.sharded else self.module, state, self.config_yaml, tmp=tmp)
+        dist.barrier()
+        return final
 
     def _data_metrics(self) -> dict[str, float]:
         """Skip counts and the like, when the data source reports them (``metrics()``)."""
@@ -165,26 +217,53 @@ class Trainer:
         grad_norm, units, the recipe's metrics) for the caller to read."""
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.cfg.train.grad_accum
-        loss, units, extra = torch.zeros((), device=self.device), 0, {}
+        loss_sum, units, extra = torch.zeros((), device=self.device), 0, {}
         for batch in batches:
             with _autocast(self.device, self.cfg.run.precision):
                 out = self.recipe.loss(self.model, batch)
-            (out.loss / accum).backward()
-            loss = loss + out.loss.detach().float() / accum
+            (out.loss * out.count).backward()  # the sum over units; normalised below (mm.train.parallel)
+            loss_sum = loss_sum + out.loss.detach().float() * out.count
             units = units + out.count
             for key, value in out.metrics.items():
                 extra[key] = extra.get(key, 0.0) + value / accum
+        loss, units, extra = self._normalise(loss_sum, units, extra)
         clip = self.cfg.optim.grad_clip or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.found_inf = (~(loss.isfinite() & grad_norm.isfinite())).float()
         self.optimizer.step()
         return {"loss": loss, "grad_norm": grad_norm, "units": units, **extra}
+
+    def _normalise(self, loss_sum, units, extra: dict):
+        """Divide the summed gradients by the global unit count N (all micro-batches, all ranks);
+        return the global mean loss, N and the recipe metrics averaged over ranks."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.world is None:
+            n = units.clamp(min=1) if isinstance(units, torch.Tensor) else max(units, 1)
+            if grads:
+                torch._foreach_div_(grads, n)
+            return loss_sum / n, units, extra
+        self.layout.reduce_gradients(self.module)
+        keys = list(extra)
+        stats = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
+                             for v in (loss_sum, units, *(extra[k] for k in keys))])
+        stats = par.all_sum(stats)
+        n = stats[1].clamp(min=1)
+        scale = float(self.layout.loss_scale / n)  # a Python float also scales DTensor gradients
+        for g in grads:
+            g.mul_(scale)
+        mean = (stats[2:] / self.world.size).tolist()
+        return (stats[0] / n).float(), stats[1], {k: mean[i] for i, k in enumerate(keys)}
 
     def _step(self, batches) -> tuple[float, float, int, dict[str, float]]:
         """One optimizer step over ``grad_accum`` micro-batches; the update is skipped (on the device)
         when the loss or the gradient norm is not finite. With ``train.cuda_graph`` the micro-batches
         are fetched first and the recorded step replays on them."""
         self.model.train()
+        self.recipe.start_step(self.module, self.step)
+        if self.world is not None:  # DDP reduces the parameters that were trainable when it was built
+            self.model = par.follow_trainable(self.model)
         micro = (_to_device(self.recipe.device_batch(next(batches)), self.device)
                  for _ in range(self.cfg.train.grad_accum))
         out = self.step_graph([*micro]) if self.step_graph else self._device_step(micro)
@@ -197,7 +276,7 @@ class Trainer:
     def _evaluate(self, log: RunLog) -> dict[str, float]:
         self.model.eval()
         with torch.no_grad(), _preserved_rng(), _autocast(self.device, self.cfg.run.precision):
-            metrics = self.recipe.evaluate(self.model, self.device)
+            metrics = self.recipe.evaluate(self.module, self.device)  # on every rank (FSDP/SP need them all)
         if metrics:
             log.log(self.step, metrics, split="eval")
         return metrics
@@ -209,16 +288,20 @@ class Trainer:
         if resumed_from and self.step >= self.cfg.train.steps:  # a larger train.steps continues the run
             return TrainResult(self.run_dir, self.step, None, checkpoint=resumed_from, already_complete=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(self.config_yaml)
-        log = RunLog(self.run_dir, resume_step=self.step if resumed_from else None)
+        if self.main:
+            (self.run_dir / "config.yaml").write_text(self.config_yaml)
+        log = RunLog(self.run_dir, resume_step=self.step if resumed_from else None, write=self.main)
         loop = self.cfg.train
         window, consecutive_bad = _Window(self.recipe.unit), 0
         last_loss, eval_metrics, checkpoint = None, {}, None
         batches = iter(self.data)
-        bar = tqdm(total=loop.steps, initial=self.step, disable=not loop.progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=loop.steps, initial=self.step, disable=not (loop.progress and self.main), desc="train",
+                   dynamic_ncols=True)
+        stopped = False
         try:
             with StopOnSignal() as stop:
-                while self.step < loop.steps and not stop.requested:
+                # every rank stops at the same step when a signal reached any of them
+                while self.step < loop.steps and not (stopped := par.any_rank(stop.requested, self.device)):
                     loss, grad_norm, units, extra = self._step(batches)
                     finite = math.isfinite(loss) and math.isfinite(grad_norm)
                     consecutive_bad = 0 if finite else consecutive_bad + 1
@@ -245,7 +328,7 @@ class Trainer:
                     if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0 and not consecutive_bad:
                         # no periodic saves inside a non-finite streak: the last good one stays the latest
                         checkpoint = self.save()
-                if stop.requested:
+                if stopped or par.any_rank(stop.requested, self.device):
                     checkpoint = self.save()
                     return TrainResult(self.run_dir, self.step, last_loss, eval_metrics, checkpoint, stop.signum)
             eval_metrics = self._evaluate(log) or eval_metrics
@@ -253,5 +336,6 @@ class Trainer:
         finally:
             bar.close()
             log.close()
-        plot_runs([self.run_dir], self.run_dir / "curves.png")
+        if self.main:
+            plot_runs([self.run_dir], self.run_dir / "curves.png")
         return TrainResult(self.run_dir, self.step, last_loss, eval_metrics, checkpoint)

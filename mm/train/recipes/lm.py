@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from data_pipelines.readers.text import TextReaderConfig, build_text_reader
 from data_pipelines.stream import one_pass
 from data_pipelines.tokenizers import load_tokenizer
+from mm.config import ConfigError
+from mm.distributed.mesh import ParallelConfig, parallelize_lm
 from mm.models.lm import LM, LMConfig, compile_layers
 from mm.train.config import RecipeConfig
 from mm.train.recipe import Recipe, StepOutput, nothing_to_evaluate
@@ -77,21 +81,56 @@ class LMRecipe(Recipe):
             raise ValueError(f"model.vocab_size {cfg.model.vocab_size} is below the tokenizer's vocabulary "
                              f"({self.tokenizer.vocab_size}, {cfg.tokenizer})")
         self._unigram_loss: float | None = None
+        self._sp: tuple[int, int] | None = None  # (sp rank, sp size) under sequence parallelism
+        self._dp: tuple[int, int] | None = None  # (dp rank, dp size): the data split when sp > 1
 
     def build_model(self) -> nn.Module:
         model = LM(self.cfg.model)
         return compile_layers(model) if self.cfg.compile else model
 
+    def parallelize(self, model: nn.Module, parallel: ParallelConfig, device: torch.device):
+        """DDP/FSDP when sp = 1; otherwise :func:`mm.distributed.mesh.parallelize_lm` (LASP sequence
+        parallelism): the sp ranks of one replica read the same rows and each feeds its contiguous
+        chunk of data.seq_len / sp tokens."""
+        if parallel.ep > 1:
+            raise ConfigError("parallel.ep > 1 is not supported by mm train yet: its checkpoints would hold "
+                              "rank 0's experts only (expert slices are not gathered); set parallel.ep=1")
+        if parallel.sp == 1:
+            return super().parallelize(model, parallel, device)
+        if self.cfg.document_masking:
+            raise ConfigError("parallel.sp > 1 needs document_masking: false (sequence parallelism takes "
+                              "unpacked rows, no cu_seqlens)")
+        if self.cfg.data.seq_len % parallel.sp:
+            raise ConfigError(f"data.seq_len={self.cfg.data.seq_len} must be a multiple of parallel.sp={parallel.sp}")
+        if self.cfg.compile:
+            raise ConfigError("compile: true is not supported with parallel.sp > 1 yet")
+        model, layout = parallelize_lm(model, parallel, device_type=device.type)
+        mesh = layout.mesh
+        self._sp = (mesh.get_local_rank("sp"), mesh.size(1))
+        self._dp = (mesh.get_local_rank("dp"), mesh.size(0))
+        return model, layout
+
     def build_train_data(self):
-        return build_text_reader(self.cfg.data, self.tokenizer)
+        data = self.cfg.data
+        if self._dp is not None:  # the sp ranks of one replica read the same rows: split by dp rank only
+            rank, world = self._dp
+            data = dataclasses.replace(data, stream=dataclasses.replace(data.stream, rank=rank, world_size=world))
+        return build_text_reader(data, self.tokenizer)
 
     def loss(self, model: nn.Module, batch: dict) -> StepOutput:
         out = model(batch["input_ids"], labels=batch["labels"], cu_seqlens=batch.get("cu_seqlens"), return_logits=False)
         return StepOutput(out.loss, out.num_tokens, router_metrics(out))
 
     def device_batch(self, batch: dict) -> dict:
-        """Without document masking the documents' boundaries are not used (nor recorded by a CUDA graph)."""
-        return batch if self.cfg.document_masking else {k: v for k, v in batch.items() if k != "cu_seqlens"}
+        """Without document masking the documents' boundaries are not used (nor recorded by a CUDA graph).
+        Under sequence parallelism: this rank's chunk of tokens (labels are already shifted)."""
+        if self.cfg.document_masking:
+            return batch
+        if self._sp is None:
+            return {k: v for k, v in batch.items() if k != "cu_seqlens"}
+        rank, size = self._sp
+        chunk = batch["input_ids"].shape[1] // size
+        return {k: batch[k][:, rank * chunk:(rank + 1) * chunk] for k in ("input_ids", "labels")}
 
     def _heldout_batches(self):
         """The first ``eval.batches`` batches of one ordered pass over the held-out shards."""
@@ -130,6 +169,12 @@ class LMRecipe(Recipe):
             count = int(out.num_tokens)
             nll += out.lm_loss.item() * count  # the language-model loss alone, without the router's terms
             n += count
+        if dist.is_available() and dist.is_initialized():
+            # every rank evaluated the same held-out rows (its sp chunk of them): the sums over the world
+            # are (dp copies of) the full sums, so their ratio is the single-process figure
+            totals = torch.tensor([nll, float(n)], dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            nll, n = totals[0].item(), int(totals[1].item())
         if n == 0:
             return nothing_to_evaluate(self.cfg.eval.shards,
                                        f"no held-out document with text under the {self.cfg.data.text_key!r} key")
