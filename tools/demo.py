@@ -9,12 +9,13 @@ from tools.cli import UsageError
 
 
 def register(subparsers) -> None:
-    from mm.demo import STAGES
+    from mm.demo import DEFAULT_STAGES, STAGES
 
     p = subparsers.add_parser("demo", help="run the end-to-end demo on synthetic data",
                               description="Build synthetic data, train and evaluate every stage, print a summary.")
     p.add_argument("--out", default="runs/demo", help="directory for data, runs and the summary (default: runs/demo)")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of: {', '.join(STAGES)}")
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated subset of: {', '.join(STAGES)} (default: {','.join(DEFAULT_STAGES)})")
     p.add_argument("--fast", action="store_true", help="a few steps per stage (smoke test, figures not meaningful)")
     p.set_defaults(func=run)
 

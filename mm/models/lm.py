@@ -175,13 +175,15 @@ class LM(nn.Module):
         labels: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         return_logits: bool = True,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> LMOutput:
         """input_ids, labels [B, T] (labels already shifted: the target of position t; -100 = ignore);
         cu_seqlens [N + 1] over the flattened B·T tokens for packed documents (see mm.layers.packing).
         With labels and ``return_logits=False`` the loss comes from :func:`linear_cross_entropy`,
-        which never keeps the [B, T, vocab] logits (training takes this path)."""
+        which never keeps the [B, T, vocab] logits (training takes this path). ``inputs_embeds``
+        [B, T, hidden] replaces the token embeddings (the VLM splices image tokens into them)."""
         packing = self.packing(input_ids, cu_seqlens)
-        x = self.embed_tokens(input_ids)
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         stats = []
         for layer in self.layers:
             x, layer_stats = layer(x, packing)

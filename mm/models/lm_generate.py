@@ -44,8 +44,10 @@ class DecodeCache:
 
 
 @torch.no_grad()
-def prefill(model: LM, prompts: list[list[int]], capacity: int) -> tuple[DecodeCache, torch.Tensor]:
-    """Run the prompts packed in one row; return the caches and each prompt's last logits [B, V]."""
+def prefill(model: LM, prompts: list[list[int]], capacity: int,
+            inputs_embeds: torch.Tensor | None = None) -> tuple[DecodeCache, torch.Tensor]:
+    """Run the prompts packed in one row; return the caches and each prompt's last logits [B, V].
+    ``inputs_embeds`` [1, total, hidden]: the packed prompts' embeddings (the VLM's, with images)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if any(layer.kind == "lightnet" for layer in model.layers):
@@ -59,7 +61,7 @@ def prefill(model: LM, prompts: list[list[int]], capacity: int) -> tuple[DecodeC
     doc = torch.repeat_interleave(torch.arange(len(prompts), device=device), lengths)  # [total] prompt of each token
     pos = torch.arange(ids.shape[1], device=device) - cu_seqlens[doc]  # position inside its prompt
     cache = DecodeCache(lengths.clone(), steps_left=capacity - max(len(p) for p in prompts))
-    x = model.embed_tokens(ids)
+    x = model.embed_tokens(ids) if inputs_embeds is None else inputs_embeds
     for i, layer in enumerate(model.layers):
         h = layer.input_layernorm(x)
         if layer.kind == "lightning":
@@ -134,15 +136,18 @@ def sample(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generat
 
 
 @torch.no_grad()
-def generate(model: LM, prompts: list[list[int]], cfg: GenerationConfig | None = None) -> list[list[int]]:
-    """Continue each prompt; returns the new tokens of each row (up to and including eos_id)."""
+def generate(model: LM, prompts: list[list[int]], cfg: GenerationConfig | None = None,
+             inputs_embeds: torch.Tensor | None = None) -> list[list[int]]:
+    """Continue each prompt; returns the new tokens of each row (up to and including eos_id).
+    ``inputs_embeds``: the packed prompts' embeddings, see :func:`prefill`."""
     cfg = cfg or GenerationConfig()
     was_training = model.training
     model.eval()
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(model.embed_tokens.weight.device).manual_seed(cfg.seed)
-    cache, logits = prefill(model, prompts, capacity=max(map(len, prompts)) + cfg.max_new_tokens)
+    cache, logits = prefill(model, prompts, capacity=max(map(len, prompts)) + cfg.max_new_tokens,
+                            inputs_embeds=inputs_embeds)
     decode = Decoder(model, cache, cuda_graph=cfg.cuda_graph)
     out: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=logits.device)

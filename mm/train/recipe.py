@@ -98,6 +98,7 @@ def nothing_to_evaluate(shards: list[str], why: str = "no held-out sample") -> d
 # name -> "module:Class"; imported only when used, so `mm --help` stays fast.
 RECIPES: dict[str, str] = {
     "lm": "mm.train.recipes.lm:LMRecipe",
+    "vl": "mm.train.recipes.vl:VLRecipe",
     "lightnet_cls": "mm.train.recipes.lightnet_cls:LightNetClsRecipe",
     "av_encoder": "mm.train.recipes.av_encoder:AVEncoderRecipe",
 }

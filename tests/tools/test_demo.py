@@ -2,14 +2,19 @@
 
 import torch
 
+from mm.demo import STAGES
 from tools.cli import main
 
 
 def test_fast_demo_runs_every_stage(tmp_path, capsys):
-    assert main(["demo", "--fast", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--fast", "--stages", ",".join(STAGES), "--out", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
-    for figure in ("held-out loss", "unigram baseline", "greedy accuracy", "sample"):
+    for figure in ("held-out loss", "unigram baseline", "greedy accuracy", "sample",  # lm
+                   "LightNet held-out top-1", "softmax ViT (same size) held-out top-1",  # lightnet
+                   "held-out CIDEr-D (images / blind)", "held-out VQA accuracy",  # vl
+                   "AVHScore"):  # av
         assert figure in summary
+    assert [line.split("|")[1].strip() for line in summary.splitlines() if "| status |" in line] == list(STAGES)
     assert ("| all | device | cuda" if torch.cuda.is_available() else "| all | device | cpu") in summary
     assert (tmp_path / "lm" / "curves.png").is_file()
 
