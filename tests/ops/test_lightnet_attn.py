@@ -12,7 +12,7 @@ import torch
 
 from mm.ops.lightnet_attn import lightnet_attn
 from mm.ops.lightnet_attn.reference import lightnet_recurrent
-from tests.ops.devices import NEEDS_CUDA, on
+from tests.ops.devices import KERNEL_DEVICE, NEEDS_CUDA, on
 
 F64 = torch.float64
 
@@ -200,7 +200,7 @@ def test_argument_errors():
         lightnet_attn(q, k, v[:, :5], causal=False)
     with pytest.raises(ValueError, match="triton backend takes"):
         lightnet_attn(q, k, v, causal=False, backend="triton")  # float64
-    wide = torch.randn(1, 4, 1, 80)
+    wide = torch.randn(1, 4, 1, 80, device=KERNEL_DEVICE)  # on CUDA where present: the dims check, not the device one
     with pytest.raises(ValueError, match="head dims up to 64"):
         lightnet_attn(wide, wide, wide, causal=False, backend="triton")
 
