@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from mm.ops.lightning_attn.triton_kernels import _cast, _dot
+from mm.ops.lightning_attn.triton_kernels import _cast, _dot, _segment
 
 
 @triton.jit
@@ -40,9 +40,7 @@ def reduce_kernel(
     i_h = tl.program_id(1)
     i_s = tl.program_id(2)
     H = tl.num_programs(1)
-    start = tl.load(SEG + i_s * 5 + 1)
-    end = tl.load(SEG + i_s * 5 + 2)
-    length = (end - start).to(tl.int32)
+    _, start, _, length, _ = _segment(SEG, i_s, False)
     ri = tl.arange(0, BLOCK)
     rk = tl.arange(0, BDA)
     rv = i_v * BV + tl.arange(0, BV)
@@ -86,10 +84,7 @@ def apply_kernel(
     i_v = tl.program_id(0)
     i_h = tl.program_id(1)
     i_s = tl.program_id(2)
-    seq = tl.load(SEG + i_s * 5)
-    start = tl.load(SEG + i_s * 5 + 1)
-    end = tl.load(SEG + i_s * 5 + 2)
-    length = (end - start).to(tl.int32)
+    seq, start, _, length, _ = _segment(SEG, i_s, False)
     ri = tl.arange(0, BLOCK)
     rk = tl.arange(0, BDA)
     rv = i_v * BV + tl.arange(0, BV)
@@ -125,10 +120,7 @@ def grad_kernel(
     i_h = tl.program_id(0)
     i_s = tl.program_id(1)
     H = tl.num_programs(0)
-    seq = tl.load(SEG + i_s * 5)
-    start = tl.load(SEG + i_s * 5 + 1)
-    end = tl.load(SEG + i_s * 5 + 2)
-    length = (end - start).to(tl.int32)
+    seq, start, _, length, _ = _segment(SEG, i_s, False)
     ri = tl.arange(0, BLOCK)
     rd = tl.arange(0, BD)
     re = tl.arange(0, BE)
