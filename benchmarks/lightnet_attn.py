@@ -111,6 +111,34 @@ def inputs(B, N, H, d, seed=0):
     return q, k, v, do
 
 
+def check_noncausal(methods, q, k, v) -> float:
+    return rel(methods["ours (triton)"](q, k, v),
+               lightnet_attn(q.float(), k.float(), v.float(), causal=False, backend="chunked"))
+
+
+def check_causal(methods, q, k, v) -> float:
+    return rel(methods["ours (chunked torch)"](q, k, v), methods["fla chunk_lightnet"](q, k, v))
+
+
+def measure_all(methods, shape, tokens, seed, check_name, check) -> list[dict]:
+    """One row per method on B = tokens / N sequences of ``shape`` = (name, N, H, d); ours carries
+    the accuracy ``check`` under ``check_name``."""
+    name, N, H, d = shape
+    B = max(1, tokens // N)
+    q, k, v, do = inputs(B, N, H, d, seed=seed)
+    checked = check(methods, q, k, v)
+    rows = []
+    for method, fn in methods.items():
+        row = {"shape": name, "N": N, "B": B, "method": method, **measure(fn, q, k, v, do)}
+        if method.startswith("ours"):
+            row[check_name] = checked
+        rows.append(row)
+        print(row, flush=True)
+    del q, k, v, do
+    torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
@@ -122,32 +150,9 @@ def main() -> None:
     H, d = args.heads, args.dim
     rows, causal_rows = [], []
     for name, N in SHAPES:
-        B = max(1, args.tokens // N)
-        q, k, v, do = inputs(B, N, H, d)
-        methods = noncausal_methods(H)
-        check = rel(methods["ours (triton)"](q, k, v), lightnet_attn(q.float(), k.float(), v.float(), causal=False,
-                                                                    backend="chunked"))
-        for method, fn in methods.items():
-            row = {"shape": name, "N": N, "B": B, "method": method, **measure(fn, q, k, v, do)}
-            if method.startswith("ours"):
-                row["rel. err vs fp32 torch"] = check
-            rows.append(row)
-            print(row, flush=True)
-        del q, k, v, do
-        torch.cuda.empty_cache()
-
-        B = max(1, args.causal_tokens // N)
-        q, k, v, do = inputs(B, N, H, d, seed=1)
-        methods = causal_methods()
-        check = rel(methods["ours (chunked torch)"](q, k, v), methods["fla chunk_lightnet"](q, k, v))
-        for method, fn in methods.items():
-            row = {"shape": name, "N": N, "B": B, "method": method, **measure(fn, q, k, v, do)}
-            if method.startswith("ours"):
-                row["rel. diff vs fla"] = check
-            causal_rows.append(row)
-            print(row, flush=True)
-        del q, k, v, do
-        torch.cuda.empty_cache()
+        shape = (name, N, H, d)
+        rows += measure_all(noncausal_methods(H), shape, args.tokens, 0, "rel. err vs fp32 torch", check_noncausal)
+        causal_rows += measure_all(causal_methods(), shape, args.causal_tokens, 1, "rel. diff vs fla", check_causal)
 
     # speed-ups of ours over each peer, fwd+bwd
     summary = []
