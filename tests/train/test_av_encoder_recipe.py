@@ -39,7 +39,9 @@ def test_trained_encoder_scores_a_clip_with_its_own_audio_higher(tmp_path, capsy
         write_synthetic("av", AVSynthConfig(num_samples=n, seed=seed, **synth),
                         ShardWriterConfig(out_dir=str(tmp_path / split)))
     run = tmp_path / "run"
-    code = main(["train", "configs/av_encoder_tiny.yaml", f"run.dir={run}",
+    # trained on the CPU on every machine: 40 float32 steps reach the margins below, repeatably; bf16 steps
+    # on a GPU reach 0.82 of the pairs instead of 0.9 (the GPU's training is the demo's av stage)
+    code = main(["train", "configs/av_encoder_tiny.yaml", f"run.dir={run}", "run.device=cpu",
                  f"data.stream.shards=[{tmp_path / 'train'}]", f"eval.shards=[{tmp_path / 'held'}]", "eval.batches=1",
                  "train.steps=40", "train.log_every=10",
                  "train.progress=false", "checkpoint.every=0", "data.stream.num_workers=0",
