@@ -3,6 +3,7 @@
 Layout of ``<run>/checkpoints/step_00000100/``::
 
     model.safetensors   weights (safetensors; tied tensors stored once)
+    ema.safetensors     with ``train.ema``: the moving average of the trainable weights (mm.train.ema)
     config.yaml         the resolved config of the run
     train_state.pt      optimizer, scheduler, step, RNG states, data position: tensors and plain
                         values only, so ``torch.load(weights_only=True)`` reads it; under torchrun
@@ -29,11 +30,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 MARKER = "COMPLETE"
 WEIGHTS = "model.safetensors"
+EMA_WEIGHTS = "ema.safetensors"
 CONFIG = "config.yaml"
 STATE = "train_state.pt"
 DCP = "dcp"  # torch.distributed.checkpoint directory (FSDP runs)
@@ -115,9 +117,10 @@ class CheckpointManager:
         return tmp
 
     def save(self, step: int, model: nn.Module | None, train_state: dict, config_yaml: str,
-             tmp: Path | None = None) -> Path:
+             tmp: Path | None = None, ema: dict[str, torch.Tensor] | None = None) -> Path:
         """Write and commit the checkpoint of ``step``. ``model`` None with ``tmp``: the weights and
-        optimizer are already in ``tmp`` (a DCP directory ``dcp/`` written by every rank)."""
+        optimizer are already in ``tmp`` (a DCP directory ``dcp/`` written by every rank). ``ema``: the
+        moving-average weights (:meth:`mm.train.ema.EMA.state_dict`)."""
         final = self.path(step)
         if is_complete(final):
             return final  # this step is already saved (e.g. a periodic save right before a signal)
@@ -126,6 +129,9 @@ class CheckpointManager:
         if model is not None:
             save_model(model, str(tmp / WEIGHTS))
             names.append(WEIGHTS)
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / EMA_WEIGHTS))
+            names.append(EMA_WEIGHTS)
         torch.save(train_state, tmp / STATE)
         (tmp / CONFIG).write_text(config_yaml)
         for name in names:
@@ -167,6 +173,36 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
         raise CheckpointError(
             f"{file}: keys differ from the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
+
+
+def load_ema(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The moving-average weights of a checkpoint directory, or None when it has none."""
+    file = Path(path) / EMA_WEIGHTS
+    if not file.is_file():
+        return None
+    try:
+        return load_file(str(file))
+    except SafetensorError as err:
+        raise CheckpointError(f"{file}: unreadable: {err}") from None
+
+
+def load_weights_for_inference(path: str | Path, model: nn.Module) -> bool:
+    """:func:`load_weights`, then the moving average over the trainable weights when the checkpoint has
+    one (what sampling and evaluation use; layout of :meth:`mm.train.ema.EMA.state_dict`). Returns
+    whether EMA weights were applied."""
+    load_weights(path, model)
+    state = load_ema(path)
+    if state is None:
+        return False
+    params = dict(model.named_parameters())
+    missing = sorted(k for k in state if k != "__updates__" and k not in params)
+    if missing:
+        raise CheckpointError(f"{Path(path) / EMA_WEIGHTS}: keys the model does not have: {missing[:5]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            if name != "__updates__":
+                params[name].copy_(value)
+    return True
 
 
 def load_train_state(path: str | Path) -> dict:

@@ -41,12 +41,16 @@ class LoopConfig:
     # CUDA only: record the step as one CUDA graph after the first step and replay it (mm.cuda_graph);
     # every batch must keep its shapes, and recipe metrics must be device tensors
     cuda_graph: bool = False
+    # decay of an exponential moving average of the trainable weights (mm.train.ema), used for evaluation
+    # and saved in checkpoints (ema.safetensors) for sampling; 0: none
+    ema: float = 0.0
 
     def __post_init__(self):
         _check(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
         _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}")
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
+        _check(self.ema == 0 or 0 < self.ema < 1, f"train.ema must be 0 (off) or in (0, 1), got {self.ema}")
         _check(self.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
 
 

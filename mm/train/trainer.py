@@ -19,8 +19,17 @@ from tqdm import tqdm
 from mm.config import ConfigError, to_yaml
 from mm.cuda_graph import StepGraph
 from mm.train import parallel as par
-from mm.train.checkpoint import DCP, CheckpointError, CheckpointManager, is_complete, load_train_state, load_weights
+from mm.train.checkpoint import (
+    DCP,
+    CheckpointError,
+    CheckpointManager,
+    is_complete,
+    load_ema,
+    load_train_state,
+    load_weights,
+)
 from mm.train.config import RecipeConfig
+from mm.train.ema import EMA
 from mm.train.optim import build_optimizer, build_scheduler, set_update_mode
 from mm.train.plot import plot_runs
 from mm.train.recipe import Recipe
@@ -118,6 +127,8 @@ class Trainer:
                 raise ConfigError("train.cuda_graph is single-process only; set train.cuda_graph=false under torchrun")
         self.main = self.world is None or self.world.main  # the rank that writes metrics and checkpoints
         self.sharded = self.world is not None and self.cfg.parallel.fsdp  # checkpoints through DCP
+        if self.sharded and self.cfg.train.ema:
+            raise ConfigError("train.ema keeps whole weights on every rank: not with parallel.fsdp=true")
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.cfg.checkpoint.keep_last)
         self.config_yaml = to_yaml(self.cfg)
 
@@ -137,6 +148,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.module, self.cfg.optim, capturable=graphed)
         self.step_graph = StepGraph(self._device_step) if graphed else None
         self.scheduler = build_scheduler(self.optimizer, self.cfg.schedule, self.cfg.train.steps)
+        self.ema = EMA(self.module, self.cfg.train.ema) if self.cfg.train.ema else None
         self.data = self.recipe.build_train_data()
         self.step = 0
         self.nonfinite_total = 0
@@ -176,14 +188,20 @@ class Trainer:
             warnings.warn(f"--resume {path}: written by {len(ranks)} process(es), resumed by {world}: model, "
                           "optimizer and schedule continue exactly, the data stream starts afresh", stacklevel=2)
             set_rng_state(ranks[0]["rng"])
+        if self.ema is not None:
+            ema = load_ema(path)
+            if ema is None:
+                raise CheckpointError(f"--resume {path}: train.ema is on but the checkpoint has no EMA weights")
+            self.ema.load_state_dict(ema, source=str(path))
         self.step = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
         return path
 
     def save(self) -> Path:
         state = self._train_state()
+        ema = self.ema.state_dict() if self.ema is not None else None
         if self.world is None:
-            return self.checkpoints.save(self.step, self.module, state, self.config_yaml)
+            return self.checkpoints.save(self.step, self.module, state, self.config_yaml, ema=ema)
         # under torchrun: every rank's data position and RNG, then rank 0 commits (temp dir, rename,
         # COMPLETE) after the weights are written: by rank 0 (DDP, identical replicas) or DCP (FSDP)
         final = self.checkpoints.path(self.step)
@@ -200,7 +218,8 @@ class Trainer:
 
             save_dcp(tmp / DCP, self.module, self.optimizer)  # a collective; returns once the metadata is written
         if self.main:
-            self.checkpoints.save(self.step, None if self.sharded else self.module, state, self.config_yaml, tmp=tmp)
+            self.checkpoints.save(self.step, None if self.sharded else self.module, state, self.config_yaml, tmp=tmp,
+                                  ema=ema)
         dist.barrier()
         return final
 
@@ -275,7 +294,8 @@ class Trainer:
 
     def _evaluate(self, log: RunLog) -> dict[str, float]:
         self.model.eval()
-        with torch.no_grad(), _preserved_rng(), _autocast(self.device, self.cfg.run.precision):
+        averaged = self.ema.applied(self.module) if self.ema is not None else contextlib.nullcontext()
+        with torch.no_grad(), _preserved_rng(), _autocast(self.device, self.cfg.run.precision), averaged:
             metrics = self.recipe.evaluate(self.module, self.device)  # on every rank (FSDP/SP need them all)
         if metrics:
             log.log(self.step, metrics, split="eval")
@@ -306,6 +326,8 @@ class Trainer:
                     finite = math.isfinite(loss) and math.isfinite(grad_norm)
                     consecutive_bad = 0 if finite else consecutive_bad + 1
                     self.nonfinite_total += 0 if finite else 1
+                    if finite and self.ema is not None:  # a skipped update leaves the average alone too
+                        self.ema.update(self.module)
                     window.add(loss, units, extra)
                     bar.update(1)
                     if self.step % loop.log_every == 0 or self.step == loop.steps or not finite:
