@@ -7,7 +7,7 @@ SPEC_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(SPEC_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean test-offline demo-offline
+.PHONY: setup demo test lint clean test-offline demo-offline browser
 
 setup: $(STAMP)
 
@@ -20,8 +20,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mm demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# tests/evals/test_gallery_browser.py plays the sampling gallery in headless Chromium; under `make test`
+# (MM_REQUIRE_BROWSER=1) it fails rather than skips without it. CI runs as root on Debian.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ command -v apt-get >/dev/null 2>&1 && echo "installing chromium (apt-get) for the browser test" && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; }; } || \
+	echo "chromium is missing and apt-get could not install it: the browser test will fail (install chromium)"
+
+test: $(STAMP) browser
+	MM_REQUIRE_BROWSER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A GPU machine without a package registry: no .venv; that machine's own python3 (with torch 2.11, CUDA)
 # plus the packages it lacks, installed from a folder of wheels into OFFLINE_SITE. README: "GPU machines".

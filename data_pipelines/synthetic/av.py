@@ -2,20 +2,20 @@
 
 The tone's pitch is set by the shape's colour and a click sounds on every frame where the shape
 bounces off a wall, so audio-visual correspondence is learnable (and checkable: the description
-says how many bounces there are). Clips are muxed as mp4 (H.264 video + AAC audio) with PyAV.
-One sample is ``{key}.mp4`` + ``{key}.txt`` + ``{key}.json`` (the fields ``probe_video`` gives
-for foreign clips, plus the generating parameters).
+says how many bounces there are). Clips are muxed as mp4 (H.264 video + AAC audio) by
+:func:`data_pipelines.encode.encode_mp4`. One sample is ``{key}.mp4`` + ``{key}.txt`` + ``{key}.json``
+(the fields ``probe_video`` gives for foreign clips, plus the generating parameters).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..encode import encode_mp4
 from .shapes import BACKGROUND, COLOURS, SHAPES, article, draw_shape, sample_seed
 
 # Pitch per colour (Hz): a model can tell the colour by ear.
@@ -78,42 +78,6 @@ def _soundtrack(cfg: AVSynthConfig, pitch: float, bounces: list[int]):
         e = min(s + click_len, len(audio))
         audio[s:e] += click[: e - s]
     return np.clip(audio, -1, 1).astype(np.float32)
-
-
-def encode_mp4(frames, audio, fps: int, sample_rate: int, codec: str = "libx264") -> bytes:
-    """Mux uint8 RGB frames ``[T, H, W, 3]`` and mono float audio ``[S]`` into mp4 bytes.
-
-    ``codec`` other than libx264 is for tests (e.g. ``libsvtav1``: AV1, which decord cannot read).
-    """
-    import av
-    import numpy as np
-
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
-        vs = out.add_stream(codec, rate=fps)
-        vs.width, vs.height = frames.shape[2], frames.shape[1]
-        vs.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            vs.options = {"preset": "ultrafast", "crf": "20"}
-        vs.codec_context.thread_count = 1  # deterministic bytes
-        aus = out.add_stream("aac", rate=sample_rate)
-        aus.layout = "mono"
-        for img in frames:
-            for packet in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                out.mux(packet)
-        for packet in vs.encode():
-            out.mux(packet)
-        step = aus.codec_context.frame_size or 1024
-        for start in range(0, len(audio), step):
-            chunk = audio[start : start + step]
-            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-            frame.sample_rate = sample_rate
-            frame.pts = start
-            for packet in aus.encode(frame):
-                out.mux(packet)
-        for packet in aus.encode():
-            out.mux(packet)
-    return buf.getvalue()
 
 
 def make_av_sample(cfg: AVSynthConfig, index: int) -> dict:
