@@ -87,12 +87,13 @@ STAGES: dict[str, str] = {
     "vl": "mm.demo_vl:vl_stage",
     "lightnet": "mm.demo_lightnet:lightnet_stage",
     "av": "mm.demo_av:av_stage",
+    "tav": "mm.demo_tav:tav_stage",
 }
 
 
 # What `mm demo` runs without --stages: every stage that meets its own check. `vl` does not yet (its
 # VQA margin over the blind baseline is short of the bar; README, vision-language model).
-DEFAULT_STAGES = ("lm", "lightnet", "av")
+DEFAULT_STAGES = ("lm", "lightnet", "av", "tav")
 
 
 def stage_function(name: str) -> Callable[[Path, bool], StageResult]:

@@ -33,23 +33,29 @@ def write_av_data(root: Path, train: int, heldout: int) -> tuple[Path, list[Path
     return root / "train", videos
 
 
-def av_stage(out: Path, fast: bool) -> StageResult:
-    import statistics
-
+def train_av_encoder(train: Path, run_dir: Path, fast: bool):
+    """The suite's AV encoder trained on the ``CLIP``-sized shards ``train``: (encoder for the metric, result)."""
     from evals.av_encoders import MMEncoder
-    from evals.avhscore_run import Pair, ScoreConfig, score_files
     from mm.train.recipe import get_recipe, load_recipe_config
     from mm.train.trainer import Trainer
 
-    train, videos = write_av_data(out / "data" / "av", train=64 if fast else 320, heldout=8 if fast else 24)
-    overrides = [f"run.dir={out / 'av_encoder'}", f"data.stream.shards=[{train}]", "eval.shards=[]",
+    overrides = [f"run.dir={run_dir}", f"data.stream.shards=[{train}]", "eval.shards=[]",
                  f"data.video.fps={CLIP['fps']}", f"data.video.num_frames={CLIP['fps']}",
                  f"data.video.size={CLIP['size']}", f"model.image_size={CLIP['size']}", "checkpoint.every=0",
                  *(["train.steps=4", "train.log_every=2"] if fast else ["train.steps=80", "schedule.warmup_steps=5"])]
     cfg = load_recipe_config(CONFIGS / "av_encoder_tiny.yaml", overrides)
     trainer = Trainer(get_recipe(cfg.recipe)(cfg))
     result = trainer.fit()
-    encoder = MMEncoder.from_model(trainer.model, trainer.device)
+    return MMEncoder.from_model(trainer.model, trainer.device), result
+
+
+def av_stage(out: Path, fast: bool) -> StageResult:
+    import statistics
+
+    from evals.avhscore_run import Pair, ScoreConfig, score_files
+
+    train, videos = write_av_data(out / "data" / "av", train=64 if fast else 320, heldout=8 if fast else 24)
+    encoder, result = train_av_encoder(train, out / "av_encoder", fast)
     score = ScoreConfig(metrics=("avhscore", "javisscore"), batch_size=8, workers=0)
     own = score_files([Pair(str(v)) for v in videos], encoder, score, progress=False)
     other = score_files([Pair(str(v), str(videos[(i + 1) % len(videos)])) for i, v in enumerate(videos)],

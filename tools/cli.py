@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Module names under tools/, in the order `mm --help` lists them.
-SUBCOMMANDS = ("train", "generate", "demo", "shards", "tokenizer", "plot", "avhscore", "eval")
+SUBCOMMANDS = ("train", "generate", "sample", "demo", "shards", "tokenizer", "plot", "avhscore", "eval")
 
 
 class UsageError(Exception):

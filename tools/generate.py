@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _checkpoint_of(path: Path) -> Path | None:
+def checkpoint_of(path: Path) -> Path | None:
     """A checkpoint directory, or a run's latest complete one; None when ``path`` is neither."""
     from mm.train.checkpoint import CONFIG, CheckpointManager, is_complete
 
@@ -56,7 +56,7 @@ def load_model(path: Path, tokenizer: str | None):
 
     if not path.is_dir():
         raise UsageError(f"{path}: no such directory (want a run, a checkpoint or a Hugging Face folder)")
-    checkpoint = _checkpoint_of(path)
+    checkpoint = checkpoint_of(path)
     if checkpoint is not None:
         try:
             cfg = load_recipe_config(checkpoint / CONFIG)

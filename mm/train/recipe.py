@@ -101,6 +101,7 @@ RECIPES: dict[str, str] = {
     "vl": "mm.train.recipes.vl:VLRecipe",
     "lightnet_cls": "mm.train.recipes.lightnet_cls:LightNetClsRecipe",
     "av_encoder": "mm.train.recipes.av_encoder:AVEncoderRecipe",
+    "tav": "mm.train.recipes.tav:TAVRecipe",
 }
 
 

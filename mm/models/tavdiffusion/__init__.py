@@ -1,0 +1,1 @@
+"""TAVDiffusion: two-stream text-to-audible-video latent diffusion (DESIGN §6)."""
