@@ -43,11 +43,13 @@ def test_bad_decay_and_foreign_state_are_refused():
 
 
 def test_trainer_saves_resumes_and_evaluates_with_the_average(tmp_path):
-    full = make(tmp_path, "full", "train.steps=6", "train.ema=0.8").fit()
+    # on the CPU everywhere: the evaluation figure is recomputed below in float32 (a GPU run evaluates in bf16)
+    cpu = "run.device=cpu"
+    full = make(tmp_path, "full", "train.steps=6", "train.ema=0.8", cpu).fit()
     part = make(tmp_path, "part", "train.steps=6", "train.ema=0.8", "checkpoint.every=3",
-                "model.signal_at_step=4").fit()
+                "model.signal_at_step=4", cpu).fit()
     assert part.step == 4
-    resumed = make(tmp_path, "part", "train.steps=6", "train.ema=0.8").fit(resume="latest")
+    resumed = make(tmp_path, "part", "train.steps=6", "train.ema=0.8", cpu).fit(resume="latest")
     a, b = load_ema(full.checkpoint), load_ema(resumed.checkpoint)
     assert a.keys() == b.keys() and int(a["__updates__"]) == 6
     for key in a:
@@ -63,6 +65,6 @@ def test_trainer_saves_resumes_and_evaluates_with_the_average(tmp_path):
     assert full.eval_metrics["mse"] == pytest.approx(mse, rel=1e-6)
     assert mse != pytest.approx(trainer.recipe.evaluate(raw, torch.device("cpu"))["mse"], rel=1e-6)
     # a checkpoint without the average: inference loads the raw weights and says so
-    plain = make(tmp_path, "plain", "train.steps=2").fit()
+    plain = make(tmp_path, "plain", "train.steps=2", cpu).fit()
     assert load_ema(plain.checkpoint) is None
     assert not load_weights_for_inference(plain.checkpoint, trainer.recipe.build_model())
