@@ -22,7 +22,7 @@ from mm.layers.softmax_attention import SoftmaxAttention
 from mm.layers.swiglu import SwiGLU
 from mm.ops.linear_cross_entropy import linear_cross_entropy
 
-ATTN_TYPES = ("lightning", "softmax", "lightnet")  # lightnet: causal LightNet (DESIGN §5), training only
+ATTN_TYPES = ("lightning", "softmax", "lightnet")  # lightnet: causal LightNet (DESIGN §5)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Decoding for :class:`mm.models.lm.LM`: packed prefill, then one token at a time from caches.
 
-Lightning layers carry one [H, d, d] state per sequence (memory constant in context length);
+Lightning layers carry one [H, d, d] state per sequence (memory constant in context length),
+causal LightNet layers their (z [H, d], S [H, d, d]) state (:mod:`mm.ops.lightnet_attn.decode`);
 softmax layers a KV cache. Prompts of different lengths are prefilled packed (no padding enters
 any state), then each row decodes at its own position. A decoding step updates the cache in place
 and never waits on the device, so on CUDA it can be recorded once as a CUDA graph and replayed
@@ -39,6 +40,8 @@ class DecodeCache:
     lengths: torch.Tensor  # [B] tokens seen per row
     steps_left: int  # tokens the KV caches can still take (capacity - longest prompt), checked without a sync
     states: dict[int, torch.Tensor] = field(default_factory=dict)  # lightning layer -> [B, H, d, d] fp32
+    # lightnet layer -> (z [B, H, d], S [B, H, d, d]) fp32: log Δ and diag(Δ)^{-1} S̃ of DESIGN §5
+    lightnet: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # softmax layer -> [B, H_kv, capacity, d]
     values: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -50,9 +53,6 @@ def prefill(model: LM, prompts: list[list[int]], capacity: int,
     ``inputs_embeds`` [1, total, hidden]: the packed prompts' embeddings (the VLM's, with images)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    if any(layer.kind == "lightnet" for layer in model.layers):
-        raise ValueError("decoding has no cache for lightnet layers yet (model.attn_type_list): train and "
-                         "score such models with the forward pass")
     device = model.embed_tokens.weight.device
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     ids = torch.tensor([t for p in prompts for t in p], device=device)[None]  # [1, total]
@@ -66,6 +66,8 @@ def prefill(model: LM, prompts: list[list[int]], capacity: int,
         h = layer.input_layernorm(x)
         if layer.kind == "lightning":
             attn, cache.states[i] = layer.self_attn(h, cu_seqlens=cu_seqlens, return_state=True)
+        elif layer.kind == "lightnet":  # no positional encoding (mm.models.lm.DecoderLayer)
+            attn, cache.lightnet[i] = layer.self_attn.prefill(h, None, cu_seqlens)
         else:
             attn, (k, v) = layer.self_attn(h, packing.rope, packing.cu_seqlens, packing.doc_ids, return_kv=True)
             shape = (len(prompts), k.shape[1], capacity, k.shape[3])  # k [1, H_kv, total, d]
@@ -109,6 +111,11 @@ class Decoder:
             if layer.kind == "lightning":
                 attn, state = layer.self_attn.step(h[:, 0], cache.states[i])
                 cache.states[i].copy_(state)
+                attn = attn[:, None]
+            elif layer.kind == "lightnet":
+                attn, state = layer.self_attn.step(h[:, 0], cache.lightnet[i])
+                for kept, new in zip(cache.lightnet[i], state, strict=True):
+                    kept.copy_(new)
                 attn = attn[:, None]
             else:
                 q, k, v = layer.self_attn.qkv(h, rope)  # q [B, H, 1, d], k/v [B, Hkv, 1, d]

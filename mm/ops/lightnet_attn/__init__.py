@@ -16,6 +16,9 @@ Backends:
               on every device (no causal Triton kernel yet);
   "reference" the token-by-token Δ/S̃ recurrence (float64 for tests).
 
+Decoding (decode.py): ``lightnet_causal_state`` (the state after a prompt) and ``lightnet_causal_step``
+(one token from that state), in the stable decay form.
+
 Example::
 
     >>> q = k = torch.randn(2, 100, 4, 32); v = torch.randn(2, 100, 4, 48)
@@ -31,6 +34,7 @@ import torch
 from mm.ops.host_bounds import host_bounds
 
 from .chunked import lightnet_causal_chunked, lightnet_noncausal_torch
+from .decode import lightnet_causal_state, lightnet_causal_step
 from .reference import lightnet_recurrent
 
 BACKENDS = ("triton", "chunked", "reference")
@@ -38,7 +42,7 @@ BACKENDS = ("triton", "chunked", "reference")
 # memory than an H200 has (it failed there; it takes 147 KB of 227 KB at 64). Wider heads: torch path.
 TRITON_MAX_DIM = 64
 
-__all__ = ["BACKENDS", "lightnet_attn"]
+__all__ = ["BACKENDS", "lightnet_attn", "lightnet_causal_state", "lightnet_causal_step"]
 
 
 def _check(q, k, v, cu_seqlens) -> None:
