@@ -6,8 +6,9 @@
               — the synthetic set has one — has them repeated in turn up to ten, so the official
               leave-one-out accuracy of an exact match is 1)
 
-Generation is greedy from the prompt template of the run's config, batched; ``blind`` blanks the
-images (every tile the mean colour) with the same token layout: the blind baseline. Under
+Generation is greedy, or beam search with ``num_beams`` > 1 (:mod:`mm.models.lm_beam_search`), from
+the prompt template of the run's config, batched; ``blind`` blanks the images (every tile the mean
+colour) with the same token layout: the blind baseline. Under
 torchrun each rank generates every world_size-th item and the records are gathered on every rank.
 """
 
@@ -110,10 +111,9 @@ def predict(model_path, shards, task: str, *, batch_size: int, max_new_tokens: i
     """Records (see the module docstring) for every caption sample / VQA question of ``shards``."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if num_beams != 1:
-        raise ValueError(f"num_beams={num_beams}: only greedy decoding (num_beams=1) is implemented")
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
+    if batch_size < 1 or max_new_tokens < 1 or num_beams < 1:
+        raise ValueError(f"batch_size, max_new_tokens and num_beams must be >= 1, got {batch_size}, "
+                         f"{max_new_tokens}, {num_beams}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, tokenizer, cfg = load_vlm(model_path, device)
     batcher = VLBatcher(tokenizer, cfg.prompt, cfg.model.image, cfg.model.image_token_id, model.tokens_per_side)
@@ -121,7 +121,7 @@ def predict(model_path, shards, task: str, *, batch_size: int, max_new_tokens: i
     rank, world = _world()
     items = _items(task, shards, decode_cfg, batch_size)
     mine = items[rank::world]
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id)
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, num_beams=num_beams)
     records = []
     for start in range(0, len(mine), batch_size):
         chunk = mine[start:start + batch_size]

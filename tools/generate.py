@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling generator")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (greedy only)")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: hypotheses ranked by total log-probability / new_tokens ** this")
     p.add_argument("--tokenizer", default=None,
                    help="for a Hugging Face folder: 'byte' or a tokenizer.json (default: the folder's tokenizer.json)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (on CUDA the model runs in bf16)")
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     try:
         cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                               eos_id=tokenizer.eos_id, seed=args.seed, cuda_graph=args.cuda_graph)
+                               eos_id=tokenizer.eos_id, seed=args.seed, cuda_graph=args.cuda_graph,
+                               num_beams=args.num_beams, length_penalty=args.length_penalty)
     except ValueError as err:
         raise UsageError(str(err)) from None
     prompts = [tokenizer.encode(p) for p in args.prompt]

@@ -11,6 +11,7 @@ overhead.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,11 +29,19 @@ class GenerationConfig:
     eos_id: int | None = None  # a row stops after producing it
     seed: int | None = None  # sampling generator seed (None: torch's global RNG)
     cuda_graph: bool = False  # CUDA: replay the decoding step as a CUDA graph (the model in bf16/fp16)
+    num_beams: int = 1  # > 1: beam search (mm.models.lm_beam_search), greedy only (temperature 0)
+    length_penalty: float = 1.0  # beam search: hypotheses ranked by sum log p / new_tokens ** length_penalty
 
     def __post_init__(self):
         if self.max_new_tokens < 0 or self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"bad generation settings: max_new_tokens={self.max_new_tokens}, "
                              f"temperature={self.temperature}, top_p={self.top_p}")
+        if self.num_beams < 1 or not math.isfinite(self.length_penalty):
+            raise ValueError(f"bad beam search settings: num_beams={self.num_beams} (want >= 1), "
+                             f"length_penalty={self.length_penalty} (want a finite number)")
+        if self.num_beams > 1 and self.temperature != 0:
+            raise ValueError(f"num_beams={self.num_beams} with temperature={self.temperature}: beam search is "
+                             "greedy here (temperature 0); sample with num_beams=1")
 
 
 @dataclass
@@ -145,19 +154,29 @@ def sample(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generat
 @torch.no_grad()
 def generate(model: LM, prompts: list[list[int]], cfg: GenerationConfig | None = None,
              inputs_embeds: torch.Tensor | None = None) -> list[list[int]]:
-    """Continue each prompt; returns the new tokens of each row (up to and including eos_id).
+    """Continue each prompt; returns the new tokens of each row (up to and including eos_id): sampled
+    or greedy, or by beam search when ``cfg.num_beams > 1`` (:func:`mm.models.lm_beam_search.beam_search`).
     ``inputs_embeds``: the packed prompts' embeddings, see :func:`prefill`."""
+    from mm.models.lm_beam_search import beam_search
+
     cfg = cfg or GenerationConfig()
     was_training = model.training
     model.eval()
+    cache, logits = prefill(model, prompts, capacity=max(map(len, prompts)) + cfg.max_new_tokens,
+                            inputs_embeds=inputs_embeds)
+    out = (beam_search if cfg.num_beams > 1 else _sample_tokens)(model, cache, logits, cfg)
+    model.train(was_training)
+    return out
+
+
+def _sample_tokens(model: LM, cache: DecodeCache, logits: torch.Tensor, cfg: GenerationConfig) -> list[list[int]]:
+    """Sampled or greedy decoding from the prefilled ``cache`` and last ``logits`` [B, V]."""
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(model.embed_tokens.weight.device).manual_seed(cfg.seed)
-    cache, logits = prefill(model, prompts, capacity=max(map(len, prompts)) + cfg.max_new_tokens,
-                            inputs_embeds=inputs_embeds)
     decode = Decoder(model, cache, cuda_graph=cfg.cuda_graph)
-    out: list[list[int]] = [[] for _ in prompts]
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=logits.device)
+    out: list[list[int]] = [[] for _ in range(len(cache.lengths))]
+    done = torch.zeros(len(out), dtype=torch.bool, device=logits.device)
     for step in range(cfg.max_new_tokens):
         tokens = sample(logits, cfg, generator)
         for row in (~done).nonzero()[:, 0].tolist():
@@ -167,5 +186,4 @@ def generate(model: LM, prompts: list[list[int]], cfg: GenerationConfig | None =
         if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
         logits = decode(tokens)
-    model.train(was_training)
     return out
