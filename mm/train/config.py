@@ -44,6 +44,9 @@ class LoopConfig:
     # decay of an exponential moving average of the trainable weights (mm.train.ema), used for evaluation
     # and saved in checkpoints (ema.safetensors) for sampling; 0: none
     ema: float = 0.0
+    # recompute each transformer block in the backward pass instead of keeping its activations
+    # (mm.train.activation_checkpointing): less activation memory for about one more forward
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         _check(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
@@ -52,6 +55,8 @@ class LoopConfig:
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
         _check(self.ema == 0 or 0 < self.ema < 1, f"train.ema must be 0 (off) or in (0, 1), got {self.ema}")
         _check(self.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
+        _check(not (self.cuda_graph and self.activation_checkpointing),  # never tried inside a graph capture
+               "train.cuda_graph and train.activation_checkpointing are not supported together; set one to false")
 
 
 @dataclass

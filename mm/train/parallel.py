@@ -92,10 +92,12 @@ class DataParallel:
         """Nothing to do: the engine reduced the gradients during backward."""
 
 
-def data_parallel(model: nn.Module, cfg: ParallelConfig, device: torch.device) -> tuple[nn.Module, DataParallel]:
+def data_parallel(model: nn.Module, cfg: ParallelConfig, device: torch.device,
+                  find_unused_parameters: bool = False) -> tuple[nn.Module, DataParallel]:
     """Plain data parallelism over all ranks: DDP, or (``parallel.fsdp``) FSDP2 ``fully_shard`` on each
     block of every ``nn.ModuleList`` (transformer layers) and then on the root. Models with SP/EP need
-    their recipe's own hook."""
+    their recipe's own hook. ``find_unused_parameters``: DDP's search, each step, for trainable
+    parameters the step did not use (a recipe whose batches use different parts of the model)."""
     if cfg.sp > 1 or cfg.ep > 1:
         raise ConfigError(f"parallel.sp={cfg.sp}, parallel.ep={cfg.ep}: this recipe supports data parallelism "
                           "only (DDP, or FSDP with parallel.fsdp=true); set parallel.sp=1 parallel.ep=1")
@@ -108,16 +110,17 @@ def data_parallel(model: nn.Module, cfg: ParallelConfig, device: torch.device) -
         for block in blocks:
             fully_shard(block, mesh=mesh)
         return fully_shard(model, mesh=mesh), DataParallel(world)
-    return _ddp(model), DataParallel(world)
+    return _ddp(model, find_unused_parameters), DataParallel(world)
 
 
 def _trainable(module: nn.Module) -> tuple[bool, ...]:
     return tuple(p.requires_grad for p in module.parameters())
 
 
-def _ddp(module: nn.Module) -> nn.parallel.DistributedDataParallel:
+def _ddp(module: nn.Module, find_unused_parameters: bool) -> nn.parallel.DistributedDataParallel:
     device = next(module.parameters()).device
-    wrapped = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    wrapped = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=find_unused_parameters)
     wrapped.mm_trainable = _trainable(module)
     return wrapped
 
@@ -126,7 +129,7 @@ def follow_trainable(model: nn.Module) -> nn.Module:
     """A fresh DDP wrapper when a recipe's training stage changed which parameters train
     (``Recipe.start_step``): DDP reduces exactly the parameters that required grad when it was built."""
     if isinstance(model, nn.parallel.DistributedDataParallel) and model.mm_trainable != _trainable(model.module):
-        return _ddp(model.module)
+        return _ddp(model.module, model.find_unused_parameters)
     return model
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from mm.config import ConfigError, to_yaml
 from mm.cuda_graph import StepGraph
 from mm.train import parallel as par
+from mm.train.activation_checkpointing import apply_activation_checkpointing
 from mm.train.checkpoint import (
     DCP,
     CheckpointError,
@@ -137,6 +138,8 @@ class Trainer:
         seed_everything(self.cfg.run.seed)
         set_deterministic(self.cfg.run.deterministic)
         self.model: nn.Module = self.recipe.build_model().to(self.device)
+        if self.cfg.train.activation_checkpointing:  # on the blocks themselves, before DDP/FSDP wrap them
+            apply_activation_checkpointing(self.model)
         self.layout = None  # how gradients are combined across ranks (loss_scale, reduce_gradients)
         if self.world is not None:  # before the optimizer (FSDP2 replaces parameters) and the data
             self.model, self.layout = self.recipe.parallelize(self.model, self.cfg.parallel, self.device)

@@ -180,6 +180,15 @@ class VLRecipe(Recipe):
     def start_step(self, model: nn.Module, step: int) -> None:
         set_trainable(model, set(stage_at(self.cfg.stages, step).train))
 
+    def parallelize(self, model: nn.Module, parallel, device: torch.device):
+        """DDP that looks for unused trainable parameters each step: what a step uses depends on its
+        batch (one without images runs neither the tower nor the adapter) and on the config
+        (``image_newline`` only with any-res tiles; a trained tower's blocks after ``vision.layer``,
+        and its final norm, never)."""
+        from mm.train.parallel import data_parallel
+
+        return data_parallel(model, parallel, device, find_unused_parameters=True)
+
     def _reader(self, source: VLSourceConfig, stream: StreamConfig):
         if source.kind == "caption":
             return build_image_text_reader(ImageTextReaderConfig(stream=stream, image=source.image, normalize="none"))
