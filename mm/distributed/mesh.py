@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from mm.distributed.expert_parallel import apply_expert_parallel
+from mm.distributed.expert_state import ExpertShards, expert_parameters
 from mm.distributed.lasp import MODES
 from mm.distributed.sequence_parallel import apply_sequence_parallel
-from mm.layers.moe import MoE
 
 __all__ = ["Layout", "ParallelConfig", "mesh_shape", "parallelize_lm"]
 
@@ -69,6 +70,7 @@ class Layout:
     cfg: ParallelConfig
     mesh: DeviceMesh  # ("dp", "sp")
     ep_mesh: DeviceMesh | None  # ("ep_replica", "ep"), when ep > 1
+    experts: ExpertShards | None = None  # gathers/cuts the expert slices for checkpoints, when ep > 1
 
     @property
     def loss_scale(self) -> int:
@@ -79,7 +81,7 @@ class Layout:
         """Without FSDP: sum non-expert gradients over the world, expert gradients over their replicas."""
         if self.cfg.fsdp:
             return  # FSDP2 reduce-scatters in backward
-        experts = {id(p) for m in model.modules() if isinstance(m, MoE) for p in (m.gate_up, m.down)}
+        experts = {id(p) for p in expert_parameters(model).values()}
         replicas = self.ep_mesh["ep_replica"].get_group() if self.ep_mesh is not None else None
         for p in model.parameters():
             if p.grad is None:
@@ -88,6 +90,22 @@ class Layout:
                 dist.all_reduce(p.grad, group=replicas)
             else:
                 dist.all_reduce(p.grad)
+
+    def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip the reduced gradients to the global norm, the one of a single process holding all
+        experts: ‖g‖² = ‖g_shared‖² + Σ over the EP group of ‖g_experts of rank p‖² (replicated
+        parameters counted once). Returns that norm."""
+        if self.ep_mesh is None:
+            return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        experts = {id(p) for p in expert_parameters(model).values()}
+        params = [p for p in model.parameters() if p.grad is not None]
+        shared = torch.nn.utils.get_total_norm([p.grad for p in params if id(p) not in experts])
+        local = torch.nn.utils.get_total_norm([p.grad for p in params if id(p) in experts])
+        experts_sq = local.square()
+        dist.all_reduce(experts_sq, group=self.ep_mesh["ep"].get_group())
+        total = (shared.square() + experts_sq).sqrt()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        return total
 
 
 def parallelize_lm(model: nn.Module, cfg: ParallelConfig, *, device_type: str) -> tuple[nn.Module, Layout]:
@@ -99,12 +117,13 @@ def parallelize_lm(model: nn.Module, cfg: ParallelConfig, *, device_type: str) -
     world = dist.get_world_size()
     dp, sp = mesh_shape(cfg, world)
     mesh = init_device_mesh(device_type, (dp, sp), mesh_dim_names=("dp", "sp"))
-    ep_mesh = None
+    ep_mesh, experts = None, None
     if sp > 1:
         apply_sequence_parallel(model, group=mesh["sp"].get_group(), mode=cfg.lasp)
     if cfg.ep > 1:
         ep_mesh = init_device_mesh(device_type, (world // cfg.ep, cfg.ep), mesh_dim_names=("ep_replica", "ep"))
         apply_expert_parallel(model, group=ep_mesh["ep"].get_group())
+        experts = ExpertShards(model, ep_mesh["ep"].get_group())
     if cfg.fsdp:
         from torch.distributed.fsdp import fully_shard
 
@@ -112,4 +131,4 @@ def parallelize_lm(model: nn.Module, cfg: ParallelConfig, *, device_type: str) -
         for layer in model.layers:
             fully_shard(layer, mesh=shard_mesh)
         fully_shard(model, mesh=shard_mesh)
-    return model, Layout(cfg, mesh, ep_mesh)
+    return model, Layout(cfg, mesh, ep_mesh, experts)

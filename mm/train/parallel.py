@@ -85,11 +85,17 @@ class DataParallel:
     normalised by the global unit count, is scaled by the world size (``loss_scale``).
     """
 
+    experts = None  # every rank holds every parameter: checkpoints need no gathering
+
     def __init__(self, world_size: int):
         self.loss_scale = world_size
 
     def reduce_gradients(self, model: nn.Module) -> None:
         """Nothing to do: the engine reduced the gradients during backward."""
+
+    def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Replicated (DDP) or sharded (FSDP2, a DTensor norm) gradients: torch's own clipping."""
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
 def data_parallel(model: nn.Module, cfg: ParallelConfig, device: torch.device,

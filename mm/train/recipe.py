@@ -71,8 +71,10 @@ class Recipe(abc.ABC):
     def parallelize(self, model: nn.Module, parallel, device: torch.device):
         """Under torchrun, before the optimizer and the data are built: apply ``parallel`` (a
         :class:`mm.distributed.mesh.ParallelConfig`) to ``model`` from outside and return ``(model,
-        layout)``; ``layout`` has ``loss_scale`` and ``reduce_gradients(model)`` (as
-        :class:`mm.distributed.mesh.Layout`). Default: DDP, or FSDP2 with ``parallel.fsdp``."""
+        layout)``; ``layout`` has ``loss_scale``, ``reduce_gradients(model)``, ``clip_grad_norm_(model,
+        max_norm)`` and ``experts`` (None, or the :class:`mm.distributed.expert_state.ExpertShards`
+        that checkpoints gather and cut expert slices with), as :class:`mm.distributed.mesh.Layout`.
+        Default: DDP, or FSDP2 with ``parallel.fsdp``."""
         from mm.train.parallel import data_parallel
 
         return data_parallel(model, parallel, device)

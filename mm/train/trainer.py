@@ -144,6 +144,8 @@ class Trainer:
         if self.world is not None:  # before the optimizer (FSDP2 replaces parameters) and the data
             self.model, self.layout = self.recipe.parallelize(self.model, self.cfg.parallel, self.device)
         self.module = par.unwrap(self.model)  # parameter names as in single-process checkpoints
+        # expert parallelism: checkpoints gather the experts' slices and cut them again on resume
+        self.experts = self.layout.experts if self.layout is not None else None
         graphed = self.cfg.train.cuda_graph
         if graphed and self.device.type != "cuda":
             raise ValueError(f"train.cuda_graph needs a CUDA device, got run.device={self.cfg.run.device!r} "
@@ -159,16 +161,23 @@ class Trainer:
     def _train_state(self) -> dict:
         return {
             "step": self.step,
-            **({} if self.sharded else {"optimizer": self.optimizer.state_dict()}),  # FSDP: in the DCP dir
+            **({} if self.sharded else {"optimizer": self._optimizer_state()}),  # FSDP: in the DCP dir
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "data": self.data.state_dict(),
             "nonfinite_total": self.nonfinite_total,
         }
 
+    def _optimizer_state(self) -> dict:
+        """The optimizer state in the single-process layout (under EP gathered: a collective)."""
+        return self.experts.whole_optimizer_state(self.optimizer) if self.experts else self.optimizer.state_dict()
+
     def _resume(self, spec: str) -> Path:
         path = self.checkpoints.resolve(spec)
         state = load_train_state(path)
+        if (path / DCP).is_dir() and self.experts is not None:
+            raise CheckpointError(f"--resume {path}: a DCP checkpoint (FSDP) does not load under parallel.ep > 1; "
+                                  "resume it with parallel.ep=1")
         if (path / DCP).is_dir():  # written under FSDP by any world size: DCP reshards on load
             from mm.distributed.checkpoint import load_dcp
 
@@ -176,6 +185,10 @@ class Trainer:
         elif self.sharded:
             raise CheckpointError(f"--resume {path}: an FSDP run resumes from a DCP checkpoint ({DCP}/), "
                                   "this one holds whole weights: resume it with parallel.fsdp=false")
+        elif self.experts is not None:  # whole tensors: each rank keeps its experts' rows
+            with self.experts.loading():
+                load_weights(path, self.module)
+            self.experts.load_optimizer_state(self.optimizer, state["optimizer"])
         else:
             load_weights(path, self.module)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -195,7 +208,7 @@ class Trainer:
             ema = load_ema(path)
             if ema is None:
                 raise CheckpointError(f"--resume {path}: train.ema is on but the checkpoint has no EMA weights")
-            self.ema.load_state_dict(ema, source=str(path))
+            self.ema.load_state_dict(self.experts.local_named(ema) if self.experts else ema, source=str(path))
         self.step = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
         return path
@@ -203,6 +216,8 @@ class Trainer:
     def save(self) -> Path:
         state = self._train_state()
         ema = self.ema.state_dict() if self.ema is not None else None
+        if ema is not None and self.experts is not None:
+            ema = self.experts.whole_named(ema)  # a collective
         if self.world is None:
             return self.checkpoints.save(self.step, self.module, state, self.config_yaml, ema=ema)
         # under torchrun: every rank's data position and RNG, then rank 0 commits (temp dir, rename,
@@ -220,9 +235,11 @@ class Trainer:
             from mm.distributed.checkpoint import save_dcp
 
             save_dcp(tmp / DCP, self.module, self.optimizer)  # a collective; returns once the metadata is written
-        if self.main:
-            self.checkpoints.save(self.step, None if self.sharded else self.module, state, self.config_yaml, tmp=tmp,
-                                  ema=ema)
+        # DDP: rank 0's replica; EP: rank 0 holds every expert while it writes (a collective)
+        with self.experts.gathered() if self.experts else contextlib.nullcontext():
+            if self.main:
+                self.checkpoints.save(self.step, None if self.sharded else self.module, state, self.config_yaml,
+                                      tmp=tmp, ema=ema)
         dist.barrier()
         return final
 
@@ -250,7 +267,10 @@ class Trainer:
                 extra[key] = extra.get(key, 0.0) + value / accum
         loss, units, extra = self._normalise(loss_sum, units, extra)
         clip = self.cfg.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if self.layout is None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        else:  # under EP the norm sums every rank's experts
+            grad_norm = self.layout.clip_grad_norm_(self.model, clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
             grad_norm = grad_norm.full_tensor()
         self.optimizer.found_inf = (~(loss.isfinite() & grad_norm.isfinite())).float()

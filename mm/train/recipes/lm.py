@@ -89,25 +89,31 @@ class LMRecipe(Recipe):
         return compile_layers(model) if self.cfg.compile else model
 
     def parallelize(self, model: nn.Module, parallel: ParallelConfig, device: torch.device):
-        """DDP/FSDP when sp = 1; otherwise :func:`mm.distributed.mesh.parallelize_lm` (LASP sequence
-        parallelism): the sp ranks of one replica read the same rows and each feeds its contiguous
-        chunk of data.seq_len / sp tokens."""
-        if parallel.ep > 1:
-            raise ConfigError("parallel.ep > 1 is not supported by mm train yet: its checkpoints would hold "
-                              "rank 0's experts only (expert slices are not gathered); set parallel.ep=1")
-        if parallel.sp == 1:
+        """DDP/FSDP when sp = ep = 1; otherwise :func:`mm.distributed.mesh.parallelize_lm`: LASP sequence
+        parallelism (the sp ranks of one replica read the same rows and each feeds its contiguous chunk
+        of data.seq_len / sp tokens) and/or expert parallelism (each rank of an ep block keeps E / ep
+        experts of every MoE layer; tokens travel by all_to_all; everything else is replicated)."""
+        if parallel.sp == 1 and parallel.ep == 1:
             return super().parallelize(model, parallel, device)
-        if self.cfg.document_masking:
-            raise ConfigError("parallel.sp > 1 needs document_masking: false (sequence parallelism takes "
-                              "unpacked rows, no cu_seqlens)")
-        if self.cfg.data.seq_len % parallel.sp:
-            raise ConfigError(f"data.seq_len={self.cfg.data.seq_len} must be a multiple of parallel.sp={parallel.sp}")
         if self.cfg.compile:
-            raise ConfigError("compile: true is not supported with parallel.sp > 1 yet")
+            raise ConfigError(f"compile: true is not supported with parallel.sp={parallel.sp}, "
+                              f"parallel.ep={parallel.ep} yet; set compile=false")
+        experts = self.cfg.model.experts
+        if parallel.ep > 1 and (experts == 0 or experts % parallel.ep):
+            raise ConfigError(f"parallel.ep={parallel.ep} needs an MoE model whose model.experts is a multiple "
+                              f"of it, got model.experts={experts}")
+        if parallel.sp > 1:
+            if self.cfg.document_masking:
+                raise ConfigError("parallel.sp > 1 needs document_masking: false (sequence parallelism takes "
+                                  "unpacked rows, no cu_seqlens)")
+            if self.cfg.data.seq_len % parallel.sp:
+                raise ConfigError(f"data.seq_len={self.cfg.data.seq_len} must be a multiple of "
+                                  f"parallel.sp={parallel.sp}")
         model, layout = parallelize_lm(model, parallel, device_type=device.type)
         mesh = layout.mesh
-        self._sp = (mesh.get_local_rank("sp"), mesh.size(1))
-        self._dp = (mesh.get_local_rank("dp"), mesh.size(0))
+        if parallel.sp > 1:
+            self._sp = (mesh.get_local_rank("sp"), mesh.size(1))
+            self._dp = (mesh.get_local_rank("dp"), mesh.size(0))
         return model, layout
 
     def build_train_data(self):
