@@ -42,16 +42,10 @@ def train_classifier(run_dir: Path, train: Path, heldout: Path, overrides: list[
 
 
 def lightnet_stage(out: Path, fast: bool) -> StageResult:
-    import torch
+    from mm.threads import one_thread
 
-    # One thread: this model's ops are too small for a second to pay (a step took 3-4x longer with
-    # two on the shared 2-core machine); the data loader's worker has the other core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # the data loader's worker has the other core
         return _run(out, fast)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, fast: bool) -> StageResult:

@@ -5,11 +5,11 @@ blanked (the blind baseline, which can only use the text prior). Passed when the
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 from mm.demo import CONFIGS, StageResult
+from mm.threads import one_thread
 
 IMAGE_SIZE = 48
 # Generation budgets in tokens, i.e. bytes (the byte tokenizer): the set's longest caption is 140
@@ -76,20 +76,6 @@ def vision_helps(run_dir: Path, heldout: Path, max_new_tokens: tuple[int, int], 
             records = predict(run_dir, [str(heldout)], task, batch_size=50, max_new_tokens=tokens, blind=blind)
             scores[f"{task}{'/blind' if blind else ''}"] = {"scores": score(records), "sample": records[0]}
     return scores
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Torch on one thread, restored after: this model's ops are so small that a second thread costs
-    more in synchronisation than it gains (measured 3x slower with two on the 2-core CI machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def vl_stage(out: Path, fast: bool) -> StageResult:

@@ -79,3 +79,16 @@ class VideoReader:
 
 def build_video_reader(cfg: VideoReaderConfig) -> ResumableLoader:
     return ResumableLoader(ShardStream(cfg.stream, VideoReader(cfg)))
+
+
+def heldout_video_batches(cfg: VideoReaderConfig, shards: list[str], batches: int) -> Iterator[dict]:
+    """Up to ``batches`` batches of ``shards`` read once, in order, on one process, decoded as ``cfg``
+    decodes training clips (its batch size, frames and audio)."""
+    from ..stream import one_pass
+
+    stream = one_pass(shards, cfg.stream.batch_size, rank=0, world_size=1)
+    reader = build_video_reader(VideoReaderConfig(stream=stream, video=cfg.video, audio=cfg.audio))
+    for i, batch in enumerate(reader):
+        if i == batches:
+            break
+        yield batch

@@ -8,18 +8,12 @@ import pytest
 import torch
 
 from benchmarks import tav_diffusion
+from mm.threads import one_thread
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny ops are launch-sized: a second thread only waits on a busy CI core
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_tiny_run_writes_every_row(tmp_path, one_thread):
-    text = tav_diffusion.main(["--tiny", "--out", str(tmp_path), "--row-budget", "5", "--no-compile"])
+def test_tiny_run_writes_every_row(tmp_path):
+    with one_thread():
+        text = tav_diffusion.main(["--tiny", "--out", str(tmp_path), "--row-budget", "5", "--no-compile"])
     results = json.loads((tmp_path / "tav_diffusion.json").read_text())
     assert (tmp_path / "tav_diffusion.md").read_text() == text
     assert results["command"].startswith("python ")

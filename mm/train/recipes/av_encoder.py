@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from data_pipelines.readers.video import VideoReaderConfig, build_video_reader
-from data_pipelines.stream import one_pass
+from data_pipelines.readers.video import VideoReaderConfig, build_video_reader, heldout_video_batches
 from mm.models.av_encoder import AVEncoder, AVEncoderConfig, contrastive_loss
 from mm.train.config import RecipeConfig
 from mm.train.recipe import Recipe, StepOutput, nothing_to_evaluate
@@ -68,20 +67,11 @@ class AVEncoderRecipe(Recipe):
         loss, metrics = contrastive_loss(frames, audio, model.log_scale)
         return StepOutput(loss, batch["video"].shape[0], metrics)
 
-    def _heldout_batches(self):
-        data = self.cfg.data
-        stream = one_pass(self.cfg.eval.shards, data.stream.batch_size, rank=0, world_size=1)
-        reader = build_video_reader(VideoReaderConfig(stream=stream, video=data.video, audio=data.audio))
-        for i, batch in enumerate(reader):
-            if i == self.cfg.eval.batches:
-                break
-            yield batch
-
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         if not self.cfg.eval.shards:
             return {}
         own, other, correct, n = 0.0, 0.0, 0.0, 0
-        for batch in self._heldout_batches():
+        for batch in heldout_video_batches(self.cfg.data, self.cfg.eval.shards, self.cfg.eval.batches):
             frames, audio = model(clip_frames(batch["video"].to(device)), batch["audio"].to(device))
             # AVHScore per clip: mean over frames of cos(frame, audio); with its own audio and the next clip's
             own += torch.einsum("btd,bd->bt", frames, audio).mean(1).sum().item()

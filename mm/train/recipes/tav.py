@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_pipelines.readers.video import VideoReaderConfig, build_video_reader
-from data_pipelines.stream import one_pass
+from data_pipelines.readers.video import VideoReaderConfig, build_video_reader, heldout_video_batches
 from mm.models.tavdiffusion.model import TAVDiffusion, TAVDiffusionConfig
 from mm.models.tavdiffusion.sampling import SamplingConfig
 from mm.train.config import RecipeConfig
@@ -87,20 +86,11 @@ class TAVRecipe(Recipe):
         loss, metrics = model.training_loss(batch["video"], batch["audio"], batch["text"])
         return StepOutput(loss, batch["video"].shape[0], metrics)
 
-    def _heldout_batches(self):
-        data = self.cfg.data
-        stream = one_pass(self.cfg.eval.shards, data.stream.batch_size, rank=0, world_size=1)
-        reader = build_video_reader(VideoReaderConfig(stream=stream, video=data.video, audio=data.audio))
-        for i, batch in enumerate(reader):
-            if i == self.cfg.eval.batches:
-                break
-            yield batch
-
     def heldout_mse(self, model: TAVDiffusion, device: torch.device) -> dict[str, float]:
         """Denoising MSE per stream at ``eval.timesteps`` with noise seeded per batch, coupled and not."""
         sums: dict[str, float] = {}
         n = 0
-        for i, batch in enumerate(self._heldout_batches()):
+        for i, batch in enumerate(heldout_video_batches(self.cfg.data, self.cfg.eval.shards, self.cfg.eval.batches)):
             x_v, x_a = model.encode_media(batch["video"].to(device), batch["audio"].to(device))
             text, mask = model.encode_text(batch["text"], device)
             g = torch.Generator().manual_seed(1000 + i)

@@ -9,6 +9,7 @@ from diffusers.models.resnet import TemporalConvLayer
 from mm.models.tavdiffusion.coupling import StreamCoupling
 from mm.models.tavdiffusion.denoiser import DenoiserOutput
 from mm.models.tavdiffusion.unet import UNetDenoiserConfig, build_unet_denoiser, level_names
+from mm.threads import one_thread
 from tests.ops.devices import PRECISIONS, autocast
 
 TEXT_DIM, CV, CA = 16, 4, 8
@@ -18,12 +19,8 @@ TEXT_DIM, CV, CA = 16, 4, 8
 def _one_thread():
     """One torch thread: these tensors are too small to split, and on the shared 2-core CI machine two
     threads wait on each other (30 Adam steps: ~6 s on one thread, 40+ s on two while others run)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _model(**overrides):
