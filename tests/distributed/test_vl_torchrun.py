@@ -15,6 +15,7 @@ design: every rank of a step reads the same source).
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def vl_shards(tmp_path_factory):
 
 
 @pytest.mark.slow  # ~30 s on 2 cores: two trainings, torchrun's start-up and Java's for the caption scores
-def test_vl_ddp_two_processes_match_one_process_and_eval_caption_loads_it(vl_shards, tmp_path):
+def test_vl_ddp_two_processes_match_one_process_and_mm_eval_loads_it(vl_shards, tmp_path):
     train, heldout = vl_shards
     reference = tmp_path / "single"
     assert main(["train", *_args(train, heldout, reference, 2, "train.grad_accum=2")]) == 0
@@ -72,11 +73,13 @@ def test_vl_ddp_two_processes_match_one_process_and_eval_caption_loads_it(vl_sha
         assert torch.equal(ours[name], start[name]) == unused, name
 
     ckpt = run_dir / "checkpoints" / f"step_{STEPS:08d}"
-    out = tmp_path / "caption.json"
-    assert main(["eval", "caption", str(ckpt), "--shards", str(heldout), "--batch-size", "4",
+    # Caption metrics run on Java (the COCO toolkit); where there is none (the GPU image) VQA scores it.
+    task, metric = ("caption", "CIDEr-D") if shutil.which("java") else ("vqa", "accuracy")
+    out = tmp_path / f"{task}.json"
+    assert main(["eval", task, str(ckpt), "--shards", str(heldout), "--batch-size", "4",
                  "--max-new-tokens", "4", "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["items"] == 4 and "CIDEr-D" in report["scores"] and "CIDEr-D" in report["blind"]
+    assert report["items"] >= 4 and metric in report["scores"] and metric in report["blind"]
 
 
 def _initial_weights(args: list[str]) -> dict[str, torch.Tensor]:
