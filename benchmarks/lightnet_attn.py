@@ -14,11 +14,13 @@ tokens/s, median of CUDA-event timings) and peak memory over the inputs, all in 
     two-scan     multiplicative-decay linear attention run forward and on the flipped sequence,
                  summed (fla chunk_simple_gla, g_gamma = -ALiBi slopes, scale 1): what a decay
                  model needs to see the whole image
-  causal (language models), at --causal-tokens tokens per call (ours there is plain torch and
-  slow: 0.48 M tok/s fwd+bwd at 224² on an H200, so fewer tokens keep the run short):
-    ours         lightnet_attn(causal=True): the chunked pure-torch decay form (no causal kernel yet)
+  causal (language models), at --causal-tokens tokens per call (the torch form is slow: 0.48 M tok/s
+  fwd+bwd at 224² on an H200, so fewer tokens keep the run short):
+    ours         lightnet_attn(causal=True, backend="triton"): the causal Triton kernels (causal_kernels)
+    torch        lightnet_attn(causal=True, backend="chunked"): the chunked pure-torch decay form
     fla          fla.ops.lightnet.chunk_lightnet(scale=1.0) (additive gate + chunk_gla)
-At every shape ours is checked against the plain-torch form (non-causal) or fla (causal).
+At every shape ours is checked against the plain-torch form (non-causal) or fla (causal; the
+chunked torch form is checked against fla too).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def causal_methods():
     from fla.ops.lightnet import chunk_lightnet
 
     return {
-        "ours (chunked torch)": lambda q, k, v: lightnet_attn(q, k, v, causal=True),
+        "ours (triton)": lambda q, k, v: lightnet_attn(q, k, v, causal=True, backend="triton"),
+        "ours (chunked torch)": lambda q, k, v: lightnet_attn(q, k, v, causal=True, backend="chunked"),
         "fla chunk_lightnet": lambda q, k, v: chunk_lightnet(q, k, v, scale=1.0)[0],
     }
 
@@ -111,18 +114,19 @@ def inputs(B, N, H, d, seed=0):
     return q, k, v, do
 
 
-def check_noncausal(methods, q, k, v) -> float:
-    return rel(methods["ours (triton)"](q, k, v),
-               lightnet_attn(q.float(), k.float(), v.float(), causal=False, backend="chunked"))
+def check_noncausal(methods, q, k, v) -> dict:
+    return {"ours (triton)": rel(methods["ours (triton)"](q, k, v),
+                                 lightnet_attn(q.float(), k.float(), v.float(), causal=False, backend="chunked"))}
 
 
-def check_causal(methods, q, k, v) -> float:
-    return rel(methods["ours (chunked torch)"](q, k, v), methods["fla chunk_lightnet"](q, k, v))
+def check_causal(methods, q, k, v) -> dict:
+    fla = methods["fla chunk_lightnet"](q, k, v)
+    return {m: rel(methods[m](q, k, v), fla) for m in ("ours (triton)", "ours (chunked torch)")}
 
 
 def measure_all(methods, shape, tokens, seed, check_name, check) -> list[dict]:
-    """One row per method on B = tokens / N sequences of ``shape`` = (name, N, H, d); ours carries
-    the accuracy ``check`` under ``check_name``."""
+    """One row per method on B = tokens / N sequences of ``shape`` = (name, N, H, d); the methods
+    ``check`` returns (method -> accuracy) carry it under ``check_name``."""
     name, N, H, d = shape
     B = max(1, tokens // N)
     q, k, v, do = inputs(B, N, H, d, seed=seed)
@@ -130,8 +134,8 @@ def measure_all(methods, shape, tokens, seed, check_name, check) -> list[dict]:
     rows = []
     for method, fn in methods.items():
         row = {"shape": name, "N": N, "B": B, "method": method, **measure(fn, q, k, v, do)}
-        if method.startswith("ours"):
-            row[check_name] = checked
+        if method in checked:
+            row[check_name] = checked[method]
         rows.append(row)
         print(row, flush=True)
     del q, k, v, do
@@ -139,11 +143,23 @@ def measure_all(methods, shape, tokens, seed, check_name, check) -> list[dict]:
     return rows
 
 
+def speedups(rows: list[dict]) -> list[dict]:
+    """Per shape, fwd+bwd throughput of "ours (triton)" over each other method ("-" where one ran OOM)."""
+    summary = []
+    for name, _ in SHAPES:
+        by = {r["method"]: r["fwd+bwd Mtok/s"] for r in rows if r["shape"] == name}
+        ours = by["ours (triton)"]
+        summary.append({"shape": name, **{
+            f"ours / {m}": ours / x if isinstance(x, float) and isinstance(ours, float) else "-"
+            for m, x in by.items() if m != "ours (triton)"}})
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tokens", type=int, default=262144)
-    ap.add_argument("--causal-tokens", type=int, default=16384)  # ours is plain torch there: slow
+    ap.add_argument("--causal-tokens", type=int, default=16384)  # the chunked torch form is slow
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--dim", type=int, default=64)
     args = ap.parse_args()
@@ -154,18 +170,12 @@ def main() -> None:
         rows += measure_all(noncausal_methods(H), shape, args.tokens, 0, "rel. err vs fp32 torch", check_noncausal)
         causal_rows += measure_all(causal_methods(), shape, args.causal_tokens, 1, "rel. diff vs fla", check_causal)
 
-    # speed-ups of ours over each peer, fwd+bwd
-    summary = []
-    for name, _ in SHAPES:
-        by = {r["method"]: r for r in rows if r["shape"] == name}
-        ours = by["ours (triton)"]["fwd+bwd Mtok/s"]
-        summary.append({"shape": name, **{f"ours / {m}": (ours / r["fwd+bwd Mtok/s"])
-                                          if isinstance(r["fwd+bwd Mtok/s"], float) and isinstance(ours, float) else "-"
-                                          for m, r in by.items() if not m.startswith("ours")}})
+    summary, causal_summary = speedups(rows), speedups(causal_rows)
     cols = ["shape", "N", "B", "method", "fwd Mtok/s", "fwd+bwd Mtok/s", "peak MiB"]
     text = write_results(
         args.out, "lightnet_attn", "LightNet attention vs softmax, two-scan decay and fla (issue 17)",
         {"non-causal, fwd+bwd speed-up of ours": (summary, list(summary[0])),
+         "causal, fwd+bwd speed-up of ours (triton)": (causal_summary, list(causal_summary[0])),
          f"non-causal ({args.tokens} tokens per call, H = {H}, d = e = {d}, bf16)":
              (rows, cols + ["rel. err vs fp32 torch"]),
          f"causal ({args.causal_tokens} tokens per call)": (causal_rows, cols + ["rel. diff vs fla"])},

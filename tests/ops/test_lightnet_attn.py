@@ -1,8 +1,8 @@
 """LightNet attention: every backend against the float64 Δ/S̃ recurrence (DESIGN §5).
 
 Triton kernel cases run on KERNEL_DEVICE (the interpreter on CPU with 16-token blocks, so T = 17,
-63, 65, 200 cover partial and many blocks; `segment_len=32` forces the split path whose partials
-are combined per sequence).
+63, 65, 200 cover partial and many blocks; `segment_len=32` forces the split path: non-causal, the
+segments' partials are combined per sequence; causal, each segment starts from scanned states).
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ def inputs(B, T, H, d, e, *, key_scale=2.0):
 
 
 def run(backend, q, k, v, *, causal, cu_seqlens=None, segment_len=None):
+    if backend == "triton" and causal:
+        from mm.ops.lightnet_attn.causal_function import lightnet_causal_triton
+
+        return lightnet_causal_triton(q, k, v, cu_seqlens=cu_seqlens, segment_len=segment_len)
     if backend == "triton":
         from mm.ops.lightnet_attn.triton_function import lightnet_noncausal_triton
 
@@ -81,39 +85,46 @@ def test_chunked_against_reference(causal, T):
     assert_close(outputs_and_grads("chunked", q, k, v, do, causal=causal), ref, 1e-11)
 
 
-@pytest.mark.parametrize("segment_len", [None, 32], ids=["whole", "split"])
+TRITON_FORMS = [pytest.param(False, None, id="noncausal-whole"), pytest.param(False, 32, id="noncausal-split"),
+                pytest.param(True, None, id="causal-whole"), pytest.param(True, 32, id="causal-split")]
+
+
+@pytest.mark.parametrize("causal,segment_len", TRITON_FORMS)
 @pytest.mark.parametrize("device", [on("kernel")])
 @pytest.mark.parametrize("T", [1, 17, 63, 65, 200])
-def test_triton_noncausal_against_reference(nan_poison, device, T, segment_len):
-    q, k, v = inputs(2, T, 2, 24, 16)
+def test_triton_against_reference(nan_poison, device, T, causal, segment_len):
+    q, k, v = inputs(2, T, 2, 24, 16)  # d = 24: a head dim padded inside the kernels
     do = torch.randn(2, T, 2, 16, dtype=F64)
-    ref = outputs_and_grads("reference", q, k, v, do, causal=False)
-    got = outputs_and_grads("triton", *(x.float().to(device) for x in (q, k, v)), do, causal=False,
+    ref = outputs_and_grads("reference", q, k, v, do, causal=causal)
+    got = outputs_and_grads("triton", *(x.float().to(device) for x in (q, k, v)), do, causal=causal,
                             segment_len=segment_len)
     assert_close(got, ref, 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
 @pytest.mark.parametrize("device", [on("kernel")])
-def test_triton_bfloat16(nan_poison, device):
-    """bf16 inputs, float32 partials: ≈ bf16 rounding of the output (and of the matrices S, dS)."""
-    q, k, v = (x.to(torch.bfloat16) for x in inputs(2, 65, 2, 32, 48))
+def test_triton_half_precision(nan_poison, device, causal, dtype):
+    """bf16/fp16 inputs, float32 states: ≈ half rounding of the output (and of the matrices S, dS)."""
+    q, k, v = (x.to(dtype) for x in inputs(2, 65, 2, 32, 48))
     do = torch.randn(2, 65, 2, 48, dtype=F64)
-    ref = outputs_and_grads("reference", q.double(), k.double(), v.double(), do, causal=False)
-    got = outputs_and_grads("triton", *(x.to(device) for x in (q, k, v)), do, causal=False, segment_len=32)
-    assert got[0].dtype == torch.bfloat16
+    ref = outputs_and_grads("reference", q.double(), k.double(), v.double(), do, causal=causal)
+    got = outputs_and_grads("triton", *(x.to(device) for x in (q, k, v)), do, causal=causal, segment_len=32)
+    assert all(x.dtype == dtype for x in got)
     assert_close(got, ref, 1e-2)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
 @pytest.mark.parametrize("device", [on("kernel")])
-def test_triton_reads_strided_views_of_a_fused_projection(nan_poison, device):
+def test_triton_reads_strided_views_of_a_fused_projection(nan_poison, device, causal):
     """q, k, v cut from one [B, T, H, 3d] projection: token stride 3Hd, head stride 3d."""
     qkv = torch.randn(2, 40, 2, 3 * 16, dtype=F64)
     do = torch.randn(2, 40, 2, 16, dtype=F64)
-    ref = outputs_and_grads("reference", *qkv.split(16, dim=-1), do, causal=False)
+    ref = outputs_and_grads("reference", *qkv.split(16, dim=-1), do, causal=causal)
     leaf = qkv.float().to(device).requires_grad_()
     q, k, v = leaf.split(16, dim=-1)
     assert not q.is_contiguous()
-    o = run("triton", q, k, v, causal=False, segment_len=None)
+    o = run("triton", q, k, v, causal=causal, segment_len=None)
     (grad,) = torch.autograd.grad((o.double() * do.to(o.device)).sum(), leaf)
     assert_close((o, *grad.split(16, dim=-1)), ref, 1e-5)
 
@@ -121,7 +132,9 @@ def test_triton_reads_strided_views_of_a_fused_projection(nan_poison, device):
 # --- varlen ------------------------------------------------------------------------------------------
 
 VARLEN = [on("cpu", "chunked", True, None, id="chunked-causal"), on("cpu", "chunked", False, None, id="chunked"),
-          on("kernel", "triton", False, None, id="triton"), on("kernel", "triton", False, 32, id="triton-split")]
+          on("kernel", "triton", False, None, id="triton"), on("kernel", "triton", False, 32, id="triton-split"),
+          on("kernel", "triton", True, None, id="triton-causal"),
+          on("kernel", "triton", True, 32, id="triton-causal-split")]
 
 
 @pytest.mark.parametrize("device,backend,causal,segment_len", VARLEN)
@@ -161,26 +174,38 @@ def test_large_keys_do_not_overflow(causal, dtype, scale, tol):
     assert_close(outputs_and_grads("chunked", q, k, v, do, causal=causal), ref, tol)
 
 
+@pytest.mark.parametrize("causal,segment_len,dtype,scale,tol", [
+    (False, 32, torch.float32, 80.0, 1e-4), (True, None, torch.float32, 80.0, 1e-4),
+    (True, 32, torch.float32, 80.0, 1e-4), (True, 32, torch.bfloat16, 20.0, 2e-2)],
+    ids=["noncausal-fp32", "causal-fp32", "causal-split-fp32", "causal-split-bf16"])
 @pytest.mark.parametrize("device", [on("kernel")])
-def test_triton_large_keys_do_not_overflow(nan_poison, device):
+def test_triton_large_keys_do_not_overflow(nan_poison, device, causal, segment_len, dtype, scale, tol):
     q, k, v = inputs(1, 70, 2, 16, 16)
-    k = (torch.rand_like(k) * 2 - 1) * 80
+    k = (torch.rand_like(k) * 2 - 1) * scale
+    k[0, 30:35] = scale  # a run of the largest key right after small ones, across a chunk boundary
+    q, k, v = (x.to(dtype) for x in (q, k, v))
     do = torch.randn(1, 70, 2, 16, dtype=F64)
-    ref = outputs_and_grads("reference", q, k, v, do, causal=False)
-    got = outputs_and_grads("triton", *(x.float().to(device) for x in (q, k, v)), do, causal=False,
-                            segment_len=32)
-    assert_close(got, ref, 1e-4)
+    ref = outputs_and_grads("reference", q.double(), k.double(), v.double(), do, causal=causal)
+    got = outputs_and_grads("triton", *(x.to(device) for x in (q, k, v)), do, causal=causal,
+                            segment_len=segment_len)
+    assert_close(got, ref, tol)
 
 
-def test_causal_output_at_t_ignores_later_tokens():
-    q, k, v = inputs(2, 50, 2, 8, 8)
-    o = lightnet_attn(q, k, v, causal=True)
+@pytest.mark.parametrize("device,backend", [on("cpu", "chunked", id="chunked"), on("kernel", "triton", id="triton")])
+def test_causal_output_at_t_ignores_later_tokens(device, backend):
+    """Changing tokens 30.. (inside a 16-token chunk) leaves outputs 0..29 bit-identical."""
+    q, k, v = (x.to(device, torch.float64 if backend == "chunked" else torch.float32) for x in inputs(2, 50, 2, 8, 8))
+    o = lightnet_attn(q, k, v, causal=True, backend=backend)
     q2, k2, v2 = (x.clone() for x in (q, k, v))
     for x in (q2, k2, v2):
         x[:, 30:] = torch.randn_like(x[:, 30:]) * 5
-    o2 = lightnet_attn(q2, k2, v2, causal=True)
+    o2 = lightnet_attn(q2, k2, v2, causal=True, backend=backend)
     assert torch.equal(o[:, :30], o2[:, :30]) and not torch.allclose(o[:, 30:], o2[:, 30:])
-    # and the non-causal form is permutation-equivariant: the single-scan property
+
+
+def test_noncausal_is_permutation_equivariant():
+    """The single-scan property: permuting the tokens permutes the outputs."""
+    q, k, v = inputs(2, 50, 2, 8, 8)
     perm = torch.randperm(50)
     o_nc = lightnet_attn(q, k, v, causal=False)
     assert rel(lightnet_attn(q[:, perm], k[:, perm], v[:, perm], causal=False), o_nc[:, perm]) < 1e-13
@@ -190,8 +215,6 @@ def test_argument_errors():
     q, k, v = inputs(2, 10, 2, 8, 8)
     with pytest.raises(ValueError, match="backend"):
         lightnet_attn(q, k, v, causal=True, backend="cuda")
-    with pytest.raises(ValueError, match="non-causal form only"):
-        lightnet_attn(q.float(), k.float(), v.float(), causal=True, backend="triton")
     with pytest.raises(ValueError, match="batch size must be 1"):
         lightnet_attn(q, k, v, causal=False, cu_seqlens=torch.tensor([0, 10]))
     with pytest.raises(ValueError, match="cu_seqlens must rise"):
@@ -203,19 +226,24 @@ def test_argument_errors():
     wide = torch.randn(1, 4, 1, 80, device=KERNEL_DEVICE)  # on CUDA where present: the dims check, not the device one
     with pytest.raises(ValueError, match="head dims up to 64"):
         lightnet_attn(wide, wide, wide, causal=False, backend="triton")
+    wider = torch.randn(1, 4, 1, 136, device=KERNEL_DEVICE)
+    with pytest.raises(ValueError, match="causal triton backend takes head dims up to 128"):
+        lightnet_attn(wide, wide, wider, causal=True, backend="triton")
 
 
 # --- CUDA: the compiled kernels at realistic sizes, and fla-core as an outside oracle ----------------
 
 
 @NEEDS_CUDA
-@pytest.mark.parametrize("d,e", [(64, 64), (16, 48), (64, 24)])
-def test_triton_on_cuda_long_sequences(d, e):
+@pytest.mark.parametrize("causal,d,e", [(False, 64, 64), (False, 16, 48), (False, 64, 24),
+                                        (True, 64, 64), (True, 128, 128), (True, 16, 96)])
+def test_triton_on_cuda_long_sequences(causal, d, e):
+    """The compiled (autotuned) kernels; the causal form at its widest supported heads too."""
     q, k, v = inputs(2, 3000, 3, d, e)
     do = torch.randn(2, 3000, 3, e, dtype=F64)
-    ref = outputs_and_grads("chunked", q, k, v, do, causal=False)  # float64 torch form (= reference)
+    ref = outputs_and_grads("chunked", q, k, v, do, causal=causal)  # float64 torch form (= reference)
     for seg in (None, 256):
-        got = outputs_and_grads("triton", *(x.float().cuda() for x in (q, k, v)), do, causal=False,
+        got = outputs_and_grads("triton", *(x.float().cuda() for x in (q, k, v)), do, causal=causal,
                                 segment_len=seg)
         assert_close(got, ref, 1e-5)
 
@@ -227,9 +255,10 @@ def test_causal_matches_fla_chunk_lightnet(varlen):
     fla = pytest.importorskip("fla.ops.lightnet")
     q, k, v = (x.float().cuda() for x in inputs(1 if varlen else 2, 300, 4, 64, 64, key_scale=1.0))
     cu = torch.tensor([0, 100, 101, 300], device="cuda") if varlen else None
-    mine = lightnet_attn(q, k, v, causal=True, cu_seqlens=cu)
     theirs, _ = fla.chunk_lightnet(q, k, v, scale=1.0, cu_seqlens=cu)
     ref = lightnet_attn(q.double().cpu(), k.double().cpu(), v.double().cpu(), causal=True,
                         cu_seqlens=None if cu is None else cu.cpu())
-    assert rel(mine, ref) < 1e-5
-    assert rel(theirs, ref) < 5e-3 and rel(mine, theirs) < 5e-3  # fla's chunk_gla may run tf32 dots
+    assert rel(theirs, ref) < 5e-3  # fla's chunk_gla may run tf32 dots
+    for backend in ("triton", "chunked"):
+        mine = lightnet_attn(q, k, v, causal=True, cu_seqlens=cu, backend=backend)
+        assert rel(mine, ref) < 1e-5 and rel(mine, theirs) < 5e-3, backend

@@ -9,11 +9,15 @@ The non-causal form is independent of the token order: one pass over any flatten
 (T, H, W) grid covers it, where multiplicative-decay models need a scan per direction.
 
 Backends:
-  "triton"    non-causal only, head dims ≤ 64: a memory-bound reduction + token pass, forward
-              and backward (triton_kernels); the default on CUDA for the non-causal form;
+  "triton"    non-causal, head dims ≤ 64: a memory-bound reduction + token pass, forward and
+              backward (triton_kernels); causal, head dims ≤ 128: the decay form as chunked gated
+              linear attention, z = logcumsumexp(k) computed in the forward kernel, varlen packs and
+              long sequences split into segments in the kernels, gradients to the raw keys
+              (causal_kernels, causal_function); the default on CUDA for the non-causal form (the
+              causal kernels are chosen by name until measured on a GPU);
   "chunked"   pure torch, autograd: the non-causal softmax form, and the causal decay form
-              (logcumsumexp, every factor ≤ 1, chunked); the default on CPU, and for the causal form
-              on every device (no causal Triton kernel yet);
+              (logcumsumexp, every factor ≤ 1, chunked); the default on CPU, for wider heads, and for
+              the causal form;
   "reference" the token-by-token Δ/S̃ recurrence (float64 for tests).
 
 Decoding (decode.py): ``lightnet_causal_state`` (the state after a prompt) and ``lightnet_causal_step``
@@ -41,6 +45,7 @@ BACKENDS = ("triton", "chunked", "reference")
 # Head dims the Triton kernels take: at d = e = 128 in float32 the backward kernel needs more shared
 # memory than an H200 has (it failed there; it takes 147 KB of 227 KB at 64). Wider heads: torch path.
 TRITON_MAX_DIM = 64
+CAUSAL_TRITON_MAX_DIM = 128  # the causal kernels (register-resident [d, e] float32 states; 128 not yet run on a GPU)
 
 __all__ = ["BACKENDS", "lightnet_attn", "lightnet_causal_state", "lightnet_causal_step"]
 
@@ -82,24 +87,29 @@ def lightnet_attn(
         cu_seqlens: `[N + 1]` int cumulative lengths of packed sequences (B = 1); each sequence
             normalises its keys over itself alone.
         backend: "triton", "chunked" or "reference"; None: "triton" for the non-causal form on CUDA
-            with d, e ≤ 64, else "chunked".
+            (float32/bf16/fp16, d, e ≤ 64), else "chunked".
     Returns:
         o `[B, T, H, e]` in q's dtype.
     """
     _check(q, k, v, cu_seqlens)
     if backend is None:
+        # The causal kernels become the default once a GPU benchmark shows them ahead of "chunked"
+        # (they have not run on a GPU yet): until then they are chosen by name.
         fits = max(q.shape[-1], v.shape[-1]) <= TRITON_MAX_DIM
-        backend = "triton" if q.is_cuda and not causal and fits else "chunked"
+        kernel_dtype = q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        backend = "triton" if q.is_cuda and not causal and fits and kernel_dtype else "chunked"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "triton":
-        if causal:
-            raise ValueError("the triton backend implements the non-causal form only; use backend='chunked'")
         if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"the triton backend takes float32/bfloat16/float16 inputs, got {q.dtype}")
         if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
-        from .triton_function import lightnet_noncausal_triton  # imports triton: keep it off import time
+        if causal:  # the imports below pull in triton: keep them off import time
+            from .causal_function import lightnet_causal_triton
+
+            return lightnet_causal_triton(q, k, v, cu_seqlens=cu_seqlens)
+        from .triton_function import lightnet_noncausal_triton
 
         return lightnet_noncausal_triton(q, k, v, cu_seqlens=cu_seqlens)
     if backend == "reference":

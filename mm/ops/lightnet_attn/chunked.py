@@ -1,4 +1,4 @@
-"""LightNet attention in pure torch: the CPU path (and the causal path on every device).
+"""LightNet attention in pure torch: the CPU path, and on CUDA the causal default and the float64 path.
 
 Non-causal: p = softmax over the sequence of each key channel, S = Σ_s p_sᵀ v_s `[d, e]`, o = q S.
 
