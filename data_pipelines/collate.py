@@ -15,17 +15,33 @@ def check_normalization(name: str) -> None:
         raise ValueError(f"normalize must be one of {sorted(NORMALIZATIONS)}, got {name!r}")
 
 
+def _normalize_(x, normalize: str):
+    """uint8 ``[..., 3, H, W]`` -> float32 in [0, 1], then (x - mean) / std per channel."""
+    import torch
+
+    x = x.float().div_(255.0)
+    stats = NORMALIZATIONS[normalize]
+    if stats is not None:
+        mean = torch.tensor(stats[0]).view(3, 1, 1)
+        std = torch.tensor(stats[1]).view(3, 1, 1)
+        x.sub_(mean).div_(std)
+    return x
+
+
 def stack_images(images: list, normalize: str):
     """uint8 ``[3, H, W]`` list -> float32 ``[B, 3, H, W]``, normalised per ``NORMALIZATIONS``."""
     import torch
 
-    x = torch.stack(images).float().div_(255.0)  # [B, 3, H, W]
-    stats = NORMALIZATIONS[normalize]
-    if stats is not None:
-        mean = torch.tensor(stats[0]).view(1, 3, 1, 1)
-        std = torch.tensor(stats[1]).view(1, 3, 1, 1)
-        x.sub_(mean).div_(std)
-    return x
+    return _normalize_(torch.stack(images), normalize)
+
+
+def collate_images(images: list, normalize: str, own_sizes: bool):
+    """A reader's batch of uint8 ``[3, H, W]`` images: stacked (:func:`stack_images`), or with
+    ``own_sizes`` (images decoded at their own sizes, ``resize: none``) a list of float32
+    ``[3, H, W]``, each normalised as the stacked batch would be."""
+    if own_sizes:
+        return [_normalize_(image, normalize) for image in images]
+    return stack_images(images, normalize)
 
 
 def tokenize_padded(tokenizer, texts: list[str], max_len: int):

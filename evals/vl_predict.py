@@ -8,7 +8,9 @@
 
 Generation is greedy, or beam search with ``num_beams`` > 1 (:mod:`mm.models.lm_beam_search`), from
 the prompt template of the run's config, batched; ``blind`` blanks the images (every tile the mean
-colour) with the same token layout: the blind baseline. Under
+colour) with the same token layout: the blind baseline. Images are decoded with the run's first
+source's ``image`` settings: with ``resize: none`` each keeps its own size and is tiled by its own
+any-res grid pinpoint, as in training. Under
 torchrun each rank generates every world_size-th item and the records are gathered on every rank.
 """
 

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     s.add_argument("-n", "--num-samples", type=int, default=None, help="samples (default per set)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=None, help="image side (vl) or frame side (av)")
+    s.add_argument("--sizes", default=None, metavar="WxH,...",
+                   help="vl: images of these sizes in turn (mixed aspect ratios, for any-res), e.g. 64x48,48x64")
     s.add_argument("--seconds", type=float, default=None, help="clip length (av)")
     s.add_argument("--fps", type=int, default=None, help="frame rate (av)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -83,7 +85,22 @@ def _synth(args, writer) -> int:
             if args.kind not in attr:
                 raise UsageError(f"--{name} does not apply to the {args.kind} set")
             fields[attr[args.kind]] = value
+    if args.sizes is not None:
+        if args.kind != "vl":
+            raise UsageError(f"--sizes does not apply to the {args.kind} set")
+        fields["sizes"] = _sizes(args.sizes)
     workers = args.workers or os.cpu_count() or 1
     sizes = write_synthetic(args.kind, cfg_type(**fields), writer, progress=not args.quiet, workers=workers)
     print(f"wrote {sum(sizes.values())} {args.kind} samples into {len(sizes)} shards in {args.out}")
     return 0
+
+
+def _sizes(text: str) -> list[list[int]]:
+    """``"64x48,48x64"`` -> ``[[64, 48], [48, 64]]`` (width, height)."""
+    sizes = []
+    for item in text.split(","):
+        w, x, h = item.strip().partition("x")
+        if not (x and w.isdigit() and h.isdigit()):
+            raise UsageError(f"--sizes: {item.strip()!r} is not WIDTHxHEIGHT (e.g. 64x48)")
+        sizes.append([int(w), int(h)])
+    return sizes

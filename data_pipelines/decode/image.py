@@ -20,8 +20,9 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 @dataclass
 class ImageDecodeConfig:
     size: int = 224  # output side; images are resized by their shorter side first
-    resize: str = "center_crop"  # center_crop | squash | none (keep the decoded size)
+    resize: str = "center_crop"  # center_crop | squash | none (keep the decoded size: readers then batch lists)
     max_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
+    min_side: int = 1  # refuse images with a shorter side (image_too_small), e.g. slivers any-res cannot tile
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
@@ -30,10 +31,13 @@ class ImageDecodeConfig:
             raise ValueError(f"size must be >= 1, got {self.size}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.min_side < 1:
+            raise ValueError(f"min_side must be >= 1, got {self.min_side}")
 
 
-def open_image(data: bytes, max_pixels: int):
-    """PIL image from bytes, header-checked; raises :class:`SampleError` ``bad_image``/``image_too_large``."""
+def open_image(data: bytes, max_pixels: int, min_side: int = 1):
+    """PIL image from bytes, header-checked; raises :class:`SampleError` ``bad_image``/``image_too_large``/
+    ``image_too_small``."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -47,6 +51,8 @@ def open_image(data: bytes, max_pixels: int):
     w, h = img.size
     if w * h > max_pixels:
         raise SampleError("image_too_large", f"{w}x{h} > max_pixels={max_pixels}")
+    if min(w, h) < min_side:
+        raise SampleError("image_too_small", f"{w}x{h}: a side < min_side={min_side}")
     return img
 
 
@@ -56,7 +62,7 @@ def decode_image(data: bytes, cfg: ImageDecodeConfig):
     import torch
     from PIL import Image
 
-    img = open_image(data, cfg.max_pixels)
+    img = open_image(data, cfg.max_pixels, cfg.min_side)
     try:
         if cfg.resize != "none" and img.format == "JPEG":
             img.draft("RGB", (cfg.size, cfg.size))  # DCT-domain downscale, keeps >= size

@@ -1,5 +1,7 @@
 """Image + caption shards -> ``{"image": [B, 3, H, W] float, "text": [str], "key": [str]}``.
 
+With ``image.resize: none`` the images keep their own sizes and ``image`` is a list of ``[3, H, W]``.
+
 Captions come from the ``json`` member's ``captions`` list when there is one (one is picked per
 visit, seeded), else the ``txt`` member. With a tokenizer the batch also has ``text_ids`` ``[B, L]``
 (padded) and ``text_lengths`` ``[B]``.
@@ -12,7 +14,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..collate import check_normalization, stack_images, tokenize_padded
+from ..collate import check_normalization, collate_images, tokenize_padded
 from ..decode.image import ImageDecodeConfig, decode_image
 from ..errors import SampleError
 from ..stateful import ResumableLoader, ShardStream, fixed_batches, require
@@ -73,7 +75,9 @@ class ImageTextReader:
 
     def collate(self, items: list) -> dict:
         images, texts, keys = zip(*items, strict=True)
-        batch = {"image": stack_images(list(images), self.cfg.normalize), "text": list(texts), "key": list(keys)}
+        own_sizes = self.cfg.image.resize == "none"
+        batch = {"image": collate_images(list(images), self.cfg.normalize, own_sizes=own_sizes),
+                 "text": list(texts), "key": list(keys)}
         if self.tokenizer is not None:
             ids, lengths = tokenize_padded(self.tokenizer, list(texts), self.cfg.max_text_tokens)
             batch["text_ids"], batch["text_lengths"] = ids, lengths

@@ -2,7 +2,8 @@
 
 A sample's ``json`` holds either one pair ``{"question", "answers"[, "answer"]}`` or a list
 ``{"qa": [{"question", "answers", ...}, ...]}`` (the synthetic ``vl`` set), of which one pair is
-picked per visit (seeded). Batch: ``image`` ``[B, 3, H, W]``, ``question`` [str], ``answers``
+picked per visit (seeded). Batch: ``image`` ``[B, 3, H, W]`` (a list of ``[3, H, W]`` with
+``image.resize: none``: own sizes), ``question`` [str], ``answers``
 [[str]], ``answer`` [str] (the most common answer), ``key`` [str]; with a tokenizer also
 ``question_ids`` ``[B, L]`` and ``question_lengths`` ``[B]``.
 """
@@ -14,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..collate import check_normalization, stack_images, tokenize_padded
+from ..collate import check_normalization, collate_images, tokenize_padded
 from ..decode.image import ImageDecodeConfig, decode_image
 from ..errors import SampleError
 from ..stateful import ResumableLoader, ShardStream, fixed_batches, require
@@ -63,7 +64,7 @@ class VQAReader:
     def collate(self, items: list) -> dict:
         images, qs, answers, answer, keys = zip(*items, strict=True)
         batch = {
-            "image": stack_images(list(images), self.cfg.normalize),
+            "image": collate_images(list(images), self.cfg.normalize, own_sizes=self.cfg.image.resize == "none"),
             "question": list(qs),
             "answers": [list(a) for a in answers],
             "answer": list(answer),

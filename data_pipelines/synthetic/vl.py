@@ -1,7 +1,9 @@
 """``vl``: images of coloured shapes on a 3x3 grid, with captions and VQA pairs read off the image.
 
 Every answer (colour, shape, count, position, presence) is a function of the pixels, so a model
-that looks can learn them and a text-only model is left at the prior. One sample is
+that looks can learn them and a text-only model is left at the prior. Images are square
+(``image_size``), or with ``sizes`` of mixed aspect ratios: sample i is ``sizes[i % len(sizes)]``
+(width, height) and the grid's cells stretch with it (for any-res). One sample is
 ``{key}.jpg`` + ``{key}.txt`` (first caption) + ``{key}.json``::
 
     {"captions": [...], "qa": [{"question", "answers", "answer", "type"}, ...], "objects": [...]}
@@ -13,7 +15,7 @@ import io
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .shapes import BACKGROUND, COLOURS, POSITIONS, SHAPES, SIZES, draw_shape, sample_seed
 
@@ -25,6 +27,7 @@ class VLSynthConfig:
     max_objects: int = 3
     seed: int = 0
     jpeg_quality: int = 90
+    sizes: list[list[int]] = field(default_factory=list)  # [width, height] in turn; empty: image_size square
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -33,6 +36,9 @@ class VLSynthConfig:
             raise ValueError(f"image_size must be >= 24 pixels, got {self.image_size}")
         if not 1 <= self.max_objects <= len(POSITIONS):
             raise ValueError(f"max_objects must be in [1, {len(POSITIONS)}], got {self.max_objects}")
+        for wh in self.sizes:
+            if len(wh) != 2 or min(wh) < 24:
+                raise ValueError(f"sizes entry {list(wh)} is not a [width, height] of at least 24 pixels each")
 
 
 def _describe(o: dict) -> str:
@@ -69,9 +75,9 @@ def make_vl_sample(cfg: VLSynthConfig, index: int) -> dict:
     rng = random.Random(sample_seed(cfg.seed, index, "vl"))
     n = rng.randint(1, cfg.max_objects)
     cells = rng.sample(range(len(POSITIONS)), n)
-    s = cfg.image_size
-    cell = s / 3
-    img = Image.new("RGB", (s, s), BACKGROUND)
+    width, height = cfg.sizes[index % len(cfg.sizes)] if cfg.sizes else (cfg.image_size, cfg.image_size)
+    cell_w, cell_h = width / 3, height / 3
+    img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
     objects = []
     for c in cells:
@@ -81,9 +87,9 @@ def make_vl_sample(cfg: VLSynthConfig, index: int) -> dict:
             "size": rng.choice(SIZES),
             "position": POSITIONS[c],
         }
-        r = cell * (0.42 if o["size"] == "large" else 0.22)
-        cx = (c % 3 + 0.5) * cell + rng.uniform(-0.05, 0.05) * cell
-        cy = (c // 3 + 0.5) * cell + rng.uniform(-0.05, 0.05) * cell
+        r = min(cell_w, cell_h) * (0.42 if o["size"] == "large" else 0.22)
+        cx = (c % 3 + 0.5) * cell_w + rng.uniform(-0.05, 0.05) * cell_w
+        cy = (c // 3 + 0.5) * cell_h + rng.uniform(-0.05, 0.05) * cell_h
         draw_shape(draw, o["shape"], COLOURS[o["colour"]], cx, cy, r)
         objects.append(o)
     parts = [f"{_describe(o)} at the {o['position']}" for o in objects]

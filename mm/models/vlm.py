@@ -126,11 +126,14 @@ class VLM(nn.Module):
         image_sizes: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_logits: bool = True,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> LMOutput:
         """input_ids, labels [B, T] (labels shifted: the target of position t, -100 ignored; a batch
-        with every label ignored gives loss 0); pixel_values/image_sizes as in :meth:`encode_images`."""
+        with every label ignored gives loss 0); pixel_values/image_sizes as in :meth:`encode_images`;
+        cu_seqlens [S + 1] for samples packed into rows (:mod:`mm.models.vlm_packing`), or None."""
         embeds = self.embed(input_ids, pixel_values, image_sizes)
-        return self.lm(input_ids, labels=labels, inputs_embeds=embeds, return_logits=return_logits)
+        return self.lm(input_ids, labels=labels, cu_seqlens=cu_seqlens, inputs_embeds=embeds,
+                       return_logits=return_logits)
 
     def num_image_tokens(self, height: int, width: int) -> int:
         from mm.models.anyres import num_image_tokens

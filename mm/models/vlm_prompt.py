@@ -97,8 +97,11 @@ class VLBatcher:
         return processed, ids
 
     def training_batch(self, images: list[torch.Tensor], texts: list[str], answers: list[str],
-                       blank: list[bool] | None = None) -> dict:
-        """Model inputs of prompts + answers; ``blank[i]`` blanks image i as ``blind`` blanks them all."""
+                       blank: list[bool] | None = None, pack_tokens: int = 0) -> dict:
+        """Model inputs of prompts + answers; ``blank[i]`` blanks image i as ``blind`` blanks them all.
+        ``pack_tokens`` > 0: samples packed into rows of at most that many tokens, with ``cu_seqlens``
+        (:mod:`mm.models.vlm_packing`; the images follow the packed sample order), where that takes
+        fewer token positions than one padded row a sample (samples of near-equal length stay unpacked)."""
         processed, prompts = self.prompts(images, texts)
         if blank is not None:
             for tiles, drop in zip(processed.pixel_values.split(processed.tiles), blank, strict=True):
@@ -107,10 +110,21 @@ class VLBatcher:
         rows = [training_example(p, self.tokenizer.encode(self.prompt.answer_prefix + a), self.tokenizer.eos_id)
                 for p, a in zip(prompts, answers, strict=True)]
         batch = pad_batch(rows, self.pad_id, self.prompt.max_tokens)
+        if pack_tokens:
+            from mm.models.vlm_packing import pack_batch
+
+            packed, order = pack_batch(rows, self.pad_id, pack_tokens)
+            if packed["input_ids"].numel() < batch["input_ids"].numel():
+                tiles = processed.pixel_values.split(processed.tiles)
+                return {**packed, "pixel_values": torch.cat([tiles[i] for i in order]),
+                        "image_sizes": processed.image_sizes[order]}
         return {**batch, "pixel_values": processed.pixel_values, "image_sizes": processed.image_sizes}
 
 
-def to_uint8(images: torch.Tensor) -> list[torch.Tensor]:
-    """A reader's un-normalised float batch [B, 3, H, W] in [0, 1] -> uint8 [3, H, W] images (exact:
-    the reader made the floats from uint8 pixels)."""
-    return list(images.mul(255).round_().clamp_(0, 255).to(torch.uint8))
+def to_uint8(images: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """A reader's un-normalised float images in [0, 1] -> uint8 [3, H, W] images (exact: the reader
+    made the floats from uint8 pixels): a batch [B, 3, H, W], or a list of [3, H, W] of their own
+    sizes (``image.resize: none``, for any-res)."""
+    if isinstance(images, torch.Tensor):
+        return list(images.mul(255).round_().clamp_(0, 255).to(torch.uint8))
+    return [image.mul(255).round_().clamp_(0, 255).to(torch.uint8) for image in images]

@@ -3,6 +3,8 @@
 Data: image-text (caption) and VQA shards, streamed by the readers of ``data_pipelines`` and mixed
 batch by batch with fixed weights (:class:`data_pipelines.mix.WeightedMix`). Each sample becomes a
 prompt with its image's placeholders (:mod:`mm.models.vlm_prompt`) and is trained on its answer.
+With ``image.resize: none`` a source's images keep their own sizes and any-res tiles each one by its
+own grid pinpoint: one batch mixes images of different tile and visual-token counts.
 
 Stages: ``stages`` is a list of ``{steps, train}``; ``train`` names the parts that learn in that
 stage (``adapter`` = projector + image_newline, ``lm``, ``vision``), the others are frozen
@@ -44,7 +46,9 @@ class VLSourceConfig:
     kind: str = "caption"  # caption (image-text shards) | vqa (image + question/answers shards)
     weight: float = 1.0  # share of the batches drawn from this source (weight / sum of weights)
     stream: StreamConfig = field(default_factory=StreamConfig)
-    image: ImageDecodeConfig = field(default_factory=ImageDecodeConfig)  # decoded size before any-res tiling
+    # decoding: a fixed size (center_crop/squash), or resize: none to keep each image's own size, so
+    # that any-res (model.image.anyres) tiles every image by its own best-fitting grid pinpoint
+    image: ImageDecodeConfig = field(default_factory=ImageDecodeConfig)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -104,10 +108,16 @@ class VLRecipeConfig(RecipeConfig):
     # baseline blanks them): the model learns the text prior for a blank image, so the blind
     # baseline is that prior rather than the model's guess on an input it never saw
     blank_images: float = 0.0
+    # > 0: training samples packed whole into rows of at most this many tokens, attention kept per
+    # sample (mm.models.vlm_packing); pays when sample lengths vary (README: "Packing"). 0: one a row
+    pack_tokens: int = 0
 
     def __post_init__(self):
         if not 0 <= self.blank_images < 1:
             raise ValueError(f"blank_images must be in [0, 1), got {self.blank_images}")
+        if self.pack_tokens and self.pack_tokens < self.prompt.max_tokens:
+            raise ValueError(f"pack_tokens={self.pack_tokens} must be 0 (off) or >= prompt.max_tokens="
+                             f"{self.prompt.max_tokens}, so that every sample fits a row")
         if not self.data.sources:
             raise ValueError("data.sources: give at least one image-text or VQA source")
         if not self.stages:
@@ -184,7 +194,9 @@ class VLRecipe(Recipe):
         """DDP that looks for unused trainable parameters each step: what a step uses depends on its
         batch (one without images runs neither the tower nor the adapter) and on the config
         (``image_newline`` only with any-res tiles; a trained tower's blocks after ``vision.layer``,
-        and its final norm, never)."""
+        and its final norm, never). FSDP2 (``parallel.fsdp``) needs no such search: parameters
+        without a gradient on every rank alike are left out of the reduce-scatter; it does need
+        every rank to run the tower each step, which holds as every training sample has an image."""
         from mm.train.parallel import data_parallel
 
         return data_parallel(model, parallel, device, find_unused_parameters=True)
@@ -204,21 +216,23 @@ class VLRecipe(Recipe):
         share = self.cfg.blank_images
         blank = [_unit_hash(self.cfg.run.seed, key, answer) < share
                  for key, answer in zip(batch["key"], batch.get("answer", batch.get("text")), strict=True)]
-        return self.inputs(batch, blank if share else None)
+        return self.inputs(batch, blank if share else None, self.cfg.pack_tokens)
 
-    def inputs(self, batch: dict, blank: list[bool] | None = None) -> dict:
-        """Reader batch -> model inputs (tiles, prompt ids with placeholders, answer-only labels)."""
+    def inputs(self, batch: dict, blank: list[bool] | None = None, pack_tokens: int = 0) -> dict:
+        """Reader batch -> model inputs (tiles, prompt ids with placeholders, answer-only labels;
+        packed rows with ``cu_seqlens`` when ``pack_tokens`` > 0)."""
         if "question" in batch:
             texts = [self.batcher.text("vqa", q) for q in batch["question"]]
             answers = batch["answer"]
         else:
             texts, answers = [self.batcher.text("caption")] * len(batch["text"]), batch["text"]
-        return self.batcher.training_batch(to_uint8(batch["image"]), texts, answers, blank)
+        return self.batcher.training_batch(to_uint8(batch["image"]), texts, answers, blank, pack_tokens)
 
     def loss(self, model: nn.Module, batch: dict) -> StepOutput:
         out = model(batch["input_ids"], batch["pixel_values"], batch["image_sizes"], labels=batch["labels"],
-                    return_logits=False)
-        return StepOutput(out.loss, batch["input_ids"].shape[0], {"answer_tokens": out.num_tokens.float()})
+                    return_logits=False, cu_seqlens=batch.get("cu_seqlens"))
+        samples = batch["image_sizes"].shape[0]  # one image a sample; packed rows hold several samples
+        return StepOutput(out.loss, samples, {"answer_tokens": out.num_tokens.float()})
 
     def _heldout(self, kind: str, shards: list[str]):
         first = self.cfg.data.sources[0]
