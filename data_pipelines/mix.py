@@ -52,6 +52,19 @@ class WeightedMix:
         for name, source in self.sources.items():
             source.load_state_dict(state["sources"][name])
 
+    def load_world_state(self, states: list[dict]) -> None:
+        """Every rank's state of a run of another world size: each source continues its own streams
+        exactly (``ResumableLoader.load_world_state``); the source draws go on from the saved
+        ranks' count (draws are per rank and per micro-batch, so with several sources their order
+        after the move is not the one an uninterrupted run would have drawn)."""
+        for state in states:
+            if set(state.get("sources", {})) != set(self.sources):
+                raise ValueError(f"mix: checkpoint has sources {sorted(state.get('sources', {}))}, "
+                                 f"this run {sorted(self.sources)}")
+        self.count = int(states[0]["count"])
+        for name, source in self.sources.items():
+            source.load_world_state([state["sources"][name] for state in states])
+
     def metrics(self) -> dict[str, float]:
         out = {}
         for name, source in self.sources.items():

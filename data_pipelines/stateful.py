@@ -1,18 +1,21 @@
 """A resumable, sharded, multi-worker batch stream: the ``BatchSource`` the trainer iterates.
 
-Position. Each logical worker ``w`` (``W = max(1, num_workers)`` of them per rank) runs its own
-deterministic stream of raw samples (``stream.py``). After every batch it reports
-``[R, carry, n]``: R raw samples consumed (shuffle-buffer output order), ``carry`` tokens of raw
-sample R already emitted (packing only; 0 otherwise) and ``n`` batches yielded this epoch. The
-DataLoader hands out batches round robin, so batch ``k`` of an epoch comes from logical worker
-``(start + k) % W``; the state also records the next worker in that cycle.
+Position. Each rank runs L streams ("logical workers"; L = max(1, num_workers) in a fresh run),
+global stream ``g = rank·L + l`` of G = world·L, each a deterministic stream of raw samples
+(``stream.py``). After every batch a stream reports ``[R, carry, n]``: R raw samples consumed
+(shuffle-buffer output order), ``carry`` tokens of raw sample R already emitted (packing only; 0
+otherwise) and ``n`` batches yielded this epoch. Batch ``k`` of a rank's epoch comes from its stream
+``(start + k) % L``: the P = max(1, num_workers) DataLoader workers take batches round robin and
+worker p plays streams p, p + P, ... of the cycle in turn (L a multiple of P); the state also
+records the next stream in that cycle.
 
-Resume. Workers are rotated so that DataLoader worker 0 plays the logical worker that was next,
-and each worker replays its stream up to R *without decoding* (reading tar bytes and shuffling
-only; errors met during the replay were already counted and are not counted again), then
-continues. The batches that follow are those an uninterrupted run would have produced, with any
-number of workers, as long as ``num_workers``, ``batch_size``, the world size and the seed are
-unchanged (checked on load).
+Resume. Streams are rotated so that DataLoader worker 0 plays the stream that was next, and each
+stream replays up to R *without decoding* (reading tar bytes and shuffling only; errors met during
+the replay were already counted and are not counted again), then continues. The batches that
+follow are those an uninterrupted run would have produced, with any number of workers dividing L,
+as long as ``batch_size`` and the seed are unchanged (checked on load). On another world size the
+saved streams are dealt out again (``positions.py``, ``load_world_state``): every stream continues
+exactly, under the conditions listed there.
 
 Epochs. With ``samples_per_epoch`` set every rank yields exactly
 ``samples_per_epoch // (world_size * batch_size)`` batches per epoch (ranks never disagree, so DDP
@@ -29,10 +32,9 @@ from typing import Any, Protocol
 import torch.utils.data
 
 from .errors import SampleError, SkipCounter, merge_counts
+from .positions import STATE_VERSION, rank_state
 from .shards.spec import expand_shards, read_sizes
 from .stream import StreamConfig, derive_seed, raw_samples, resolve_world, shard_sequence, shuffle
-
-STATE_VERSION = 1
 
 
 class DataLoaderStalled(RuntimeError):
@@ -90,7 +92,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.weights is not None and sum(self.weights) == 0:
             raise ValueError(f"sizes.json says every shard of {cfg.shards} is empty")
         self.rank, self.world = resolve_world(cfg)
-        self.num_logical = max(1, cfg.num_workers)
+        self.physical = max(1, cfg.num_workers)
+        self.num_logical = self.physical  # streams of this rank: more after a resume from a larger world
         self.finite = cfg.samples_per_epoch == 0
         if self.finite:
             self.batches_per_epoch = None
@@ -116,8 +119,15 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[dict, dict]]:
         info = torch.utils.data.get_worker_info()
         physical = info.id if info is not None else 0
-        logical = (self.next_worker + physical) % self.num_logical
-        yield from self._worker_stream(logical)
+        cycle = range(self.next_worker + physical, self.next_worker + self.num_logical, self.physical)
+        streams = [self._worker_stream(logical % self.num_logical) for logical in cycle]
+        while streams:  # round robin; a stream at its quota ends this worker's share of the epoch
+            for stream in list(streams):
+                item = next(stream, None)
+                if item is None:
+                    streams.remove(stream)
+                else:
+                    yield item
 
     def _worker_stream(self, logical: int) -> Iterator[tuple[dict, dict]]:
         cfg, epoch = self.cfg, self.epoch
@@ -188,6 +198,23 @@ def _identity(x):
     return x
 
 
+def worker_context():
+    """How loader workers start: forked (fast) in a plain process; from a forkserver once
+    torch.distributed runs. A fork copies only the calling thread, so a lock held at that moment
+    by another thread (the process group's, TensorBoard's writer) stays held in the child for good;
+    the forkserver is a fresh single-threaded process (started once per rank, with torch and this
+    module imported) that forks the workers instead. The stream is pickled to it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "data_pipelines.stateful"])
+    return context
+
+
 class ResumableLoader:
     """The ``BatchSource``: iterate for batches; ``state_dict``/``load_state_dict`` for the position.
 
@@ -235,6 +262,7 @@ class ResumableLoader:
                     s, batch_size=None, collate_fn=_identity, num_workers=self.cfg.num_workers,
                     prefetch_factor=self.cfg.prefetch_factor, timeout=self.cfg.worker_timeout_s,
                     pin_memory=self.cfg.pin_memory, persistent_workers=False,
+                    multiprocessing_context=worker_context(),
                 )
             )  # fmt: skip
         else:
@@ -291,18 +319,17 @@ class ResumableLoader:
         out.update({f"data/skipped/{k}": v for k, v in c["errors"].items()})
         return out
 
-    def _identity_fields(self) -> dict:
-        return {
-            "seed": self.cfg.seed,
-            "batch_size": self.cfg.batch_size,
-            "world_size": self.stream.world,
-            "num_workers": self.stream.num_logical,
-        }
-
     def state_dict(self) -> dict:
+        s = self.stream
         return {
             "version": STATE_VERSION,
-            **self._identity_fields(),
+            "seed": self.cfg.seed,
+            "batch_size": self.cfg.batch_size,
+            "rank": s.rank,
+            "world_size": s.world,
+            "streams_per_rank": s.num_logical,
+            "num_workers": s.physical,
+            "batches_per_epoch": self.batches_per_epoch,
             "epoch": self._epoch,
             "batches_in_epoch": self._batches,
             "next_worker": self._next,
@@ -311,21 +338,20 @@ class ResumableLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data state version {state.get('version')!r}, expected {STATE_VERSION}")
-        for k, v in self._identity_fields().items():
-            if state.get(k) != v:
-                raise ValueError(
-                    f"cannot resume the data stream exactly: checkpoint has {k}={state.get(k)!r}, "
-                    f"this run {k}={v!r} (worker count counts as max(1, num_workers))"
-                )
-        pos = state["positions"]
-        if len(pos) != self.stream.num_logical or any(len(p) != 3 for p in pos):
-            raise ValueError(f"positions {pos!r} do not match {self.stream.num_logical} workers")
-        self._epoch = int(state["epoch"])
-        self._batches = int(state["batches_in_epoch"])
-        self._next = int(state["next_worker"])
-        self._pos = [[int(x) for x in p] for p in pos]
-        counts = state.get("counts", {})
+        """This rank's own saved state (same world size; ``num_workers`` may change to a divisor of
+        the saved stream count). :class:`~data_pipelines.positions.DataResumeError` otherwise."""
+        self.load_world_state([{"rank": self.stream.rank, **state}])  # version 1 states name no rank
+
+    def load_world_state(self, states: list[dict]) -> None:
+        """The states saved by every rank of a run of any world size (``positions.rank_state``)."""
+        s = self.stream
+        state = rank_state(states, rank=s.rank, world=s.world, physical=s.physical, seed=self.cfg.seed,
+                           batch_size=self.cfg.batch_size, batches_per_epoch=self.batches_per_epoch)
+        s.num_logical = state["streams_per_rank"]
+        self._epoch = state["epoch"]
+        self._batches = state["batches_in_epoch"]
+        self._next = state["next_worker"]
+        self._pos = state["positions"]
+        counts = state["counts"]
         self._base = {"good": int(counts.get("good", 0)), "errors": dict(counts.get("errors", {}))}
         self._live = {}

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 __all__ = ["load_dcp", "save_dcp"]
 
@@ -35,9 +35,17 @@ def load_dcp(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimize
     """Load a DCP directory written by :func:`save_dcp` under any world size into this layout."""
     if not (Path(path) / ".metadata").is_file():
         raise FileNotFoundError(f"{path}: not a DCP checkpoint directory (no .metadata)")
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer)  # a fresh optimizer gets state for every parameter
+    # Parameters that had no gradient before the save (frozen in an earlier stage, unused) have no
+    # optimizer state there, and must have none after the load either (AdamW's step count starts
+    # with their first gradient), so only the entries the checkpoint holds are asked for.
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    optim_state["state"] = {name: entry for name, entry in optim_state["state"].items()
+                            if all(f"optimizer.state.{name}.{key}" in saved for key in entry)}
     state = {"model": model_state, "optimizer": optim_state}
     with warnings.catch_warnings():  # DCP warns on every single-process load, which is the case meant here
         warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         dcp.load(state, checkpoint_id=str(path), no_dist=_single())
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    # strict=False lets those parameters stay without state; dcp.load above already required every model key
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=False))

@@ -18,13 +18,14 @@ parallelism); FSDP2 averages gradients over that mesh, so the per-rank loss is s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from mm.distributed.co2 import CO2Config
 from mm.distributed.expert_parallel import apply_expert_parallel
 from mm.distributed.expert_state import ExpertShards, expert_parameters
 from mm.distributed.lasp import MODES
@@ -40,6 +41,8 @@ class ParallelConfig:
     ep: int = 1  # expert-parallel ranks (a block of the flattened dp × sp grid)
     lasp: str = "ring"  # LASP variant of the lightning layers: ring | allgather
     fsdp: bool = False  # shard non-expert parameters with FSDP2 over dp × sp
+    # CO2 local updates with an overlapped outer step instead of DDP's per-step all-reduce (mm.train.co2)
+    co2: CO2Config = field(default_factory=CO2Config)
 
     def __post_init__(self):
         if self.dp < 0 or self.sp < 1 or self.ep < 1:
@@ -50,6 +53,10 @@ class ParallelConfig:
         if self.fsdp and self.ep > 1:
             raise ValueError("parallel.fsdp with parallel.ep > 1 is not supported yet (experts would need "
                              "their own shard mesh); set one of them off")
+        if self.co2.enabled and (self.sp > 1 or self.ep > 1 or self.fsdp):
+            raise ValueError(f"parallel.co2.enabled=true works with plain data parallelism only (every rank a "
+                             f"replica): got parallel.sp={self.sp}, parallel.ep={self.ep}, parallel.fsdp={self.fsdp}. "
+                             "FSDP2 over all ranks leaves no replica to average with; set them to 1/false")
 
 
 def mesh_shape(cfg: ParallelConfig, world_size: int) -> tuple[int, int]:

@@ -101,13 +101,18 @@ class DataParallel:
 def data_parallel(model: nn.Module, cfg: ParallelConfig, device: torch.device,
                   find_unused_parameters: bool = False) -> tuple[nn.Module, DataParallel]:
     """Plain data parallelism over all ranks: DDP, or (``parallel.fsdp``) FSDP2 ``fully_shard`` on each
-    block of every ``nn.ModuleList`` (transformer layers) and then on the root. Models with SP/EP need
+    block of every ``nn.ModuleList`` (transformer layers) and then on the root; with ``parallel.co2``
+    no wrapper at all (:func:`mm.train.co2.local_updates`). Models with SP/EP need
     their recipe's own hook. ``find_unused_parameters``: DDP's search, each step, for trainable
     parameters the step did not use (a recipe whose batches use different parts of the model)."""
     if cfg.sp > 1 or cfg.ep > 1:
         raise ConfigError(f"parallel.sp={cfg.sp}, parallel.ep={cfg.ep}: this recipe supports data parallelism "
                           "only (DDP, or FSDP with parallel.fsdp=true); set parallel.sp=1 parallel.ep=1")
     world = dist.get_world_size()
+    if cfg.co2.enabled:  # CO2: local inner steps, parameters averaged by the outer loop (mm.train.co2)
+        from mm.train.co2 import local_updates
+
+        return local_updates(model)
     if cfg.fsdp:
         from torch.distributed.fsdp import fully_shard
 

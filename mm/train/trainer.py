@@ -128,6 +128,9 @@ class Trainer:
                 raise ConfigError("train.cuda_graph is single-process only; set train.cuda_graph=false under torchrun")
         self.main = self.world is None or self.world.main  # the rank that writes metrics and checkpoints
         self.sharded = self.world is not None and self.cfg.parallel.fsdp  # checkpoints through DCP
+        if self.world is None and self.cfg.parallel.co2.enabled:
+            raise ConfigError("parallel.co2.enabled=true averages the parameters of several ranks: launch with "
+                              "torchrun (torchrun --nproc_per_node=N -m tools.cli train ...)")
         if self.sharded and self.cfg.train.ema:
             raise ConfigError("train.ema keeps whole weights on every rank: not with parallel.fsdp=true")
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", self.cfg.checkpoint.keep_last)
@@ -152,6 +155,11 @@ class Trainer:
                              f"({self.device})")
         self.optimizer = build_optimizer(self.module, self.cfg.optim, capturable=graphed)
         self.step_graph = StepGraph(self._device_step) if graphed else None
+        self.co2 = None  # parallel.co2: the outer loop over this rank's local inner steps (mm.train.co2)
+        if self.world is not None and self.cfg.parallel.co2.enabled:
+            from mm.train.co2 import build_co2
+
+            self.co2 = build_co2(self.module, self.optimizer, self.cfg.parallel.co2)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.schedule, self.cfg.train.steps)
         self.ema = EMA(self.module, self.cfg.train.ema) if self.cfg.train.ema else None
         self.data = self.recipe.build_train_data()
@@ -200,10 +208,14 @@ class Trainer:
             mine = ranks[self.world.rank if self.world else 0]
             self.data.load_state_dict(mine["data"])
             set_rng_state(mine["rng"])
-        else:  # the data positions of R ranks do not map onto another world size
-            warnings.warn(f"--resume {path}: written by {len(ranks)} process(es), resumed by {world}: model, "
-                          "optimizer and schedule continue exactly, the data stream starts afresh", stacklevel=2)
+        else:  # R ranks' streams dealt out over this world size (data_pipelines/positions.py) when they split
+            self._move_data_positions(path, [r["data"] for r in ranks], world)
             set_rng_state(ranks[0]["rng"])
+        if self.co2 is not None:  # each rank's local weights, moments and outer state, else a fresh outer loop
+            from mm.train.co2 import load_rank_state
+
+            if not load_rank_state(self.co2, path, self.world.rank, self.world.size):
+                self.co2.restart()
         if self.ema is not None:
             ema = load_ema(path)
             if ema is None:
@@ -212,6 +224,22 @@ class Trainer:
         self.step = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
         return path
+
+    def _move_data_positions(self, path: Path, states: list[dict], world: int) -> None:
+        """Every saved rank's data position onto this world size; where they do not map (or the data
+        source keeps no per-stream positions) the stream starts afresh, with a warning saying why."""
+        from data_pipelines.positions import DataResumeError
+
+        load = getattr(self.data, "load_world_state", None)
+        try:
+            if load is None:
+                raise DataResumeError(f"{type(self.data).__name__} has no load_world_state")
+            load(states)
+        except DataResumeError as err:
+            warnings.warn(f"--resume {path}: written by {len(states)} process(es), resumed by {world}: model, "
+                          f"optimizer and schedule continue exactly, the data stream starts afresh ({err})",
+                          stacklevel=3)
+            self.data = self.recipe.build_train_data()  # nothing half-loaded
 
     def save(self) -> Path:
         state = self._train_state()
@@ -227,14 +255,20 @@ class Trainer:
         state["ranks"] = par.gather_objects({"data": state["data"], "rng": state["rng"]})
         if done:
             return final
-        tmp = self.checkpoints.tmp_path(self.step, tag="dist") if self.sharded else None
+        tmp = self.checkpoints.tmp_path(self.step, tag="dist") if self.sharded or self.co2 is not None else None
         if tmp is not None:
             if self.main:
                 self.checkpoints.begin(self.step, tag="dist")
             dist.barrier()
+        if self.sharded:
             from mm.distributed.checkpoint import save_dcp
 
             save_dcp(tmp / DCP, self.module, self.optimizer)  # a collective; returns once the metadata is written
+        if self.co2 is not None:  # every rank's local weights, moments and outer state (mm.train.co2)
+            from mm.train.co2 import save_rank_state
+
+            save_rank_state(self.co2, tmp, self.world.rank)
+            dist.barrier()  # all written before rank 0 commits
         # DDP: rank 0's replica; EP: rank 0 holds every expert while it writes (a collective)
         with self.experts.gathered() if self.experts else contextlib.nullcontext():
             if self.main:
@@ -290,9 +324,12 @@ class Trainer:
         keys = list(extra)
         stats = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
                              for v in (loss_sum, units, *(extra[k] for k in keys))])
+        local_units = stats[1].clone()
         stats = par.all_sum(stats)
+        # CO2 (mm.train.co2): each rank steps on the mean over its own units; else the global count
         n = stats[1].clamp(min=1)
-        scale = float(self.layout.loss_scale / n)  # a Python float also scales DTensor gradients
+        local = getattr(self.layout, "local", False)
+        scale = float(self.layout.loss_scale / (local_units.clamp(min=1) if local else n))  # float: DTensors too
         for g in grads:
             g.mul_(scale)
         mean = (stats[2:] / self.world.size).tolist()
@@ -313,6 +350,8 @@ class Trainer:
         loss, grad_norm, units = values.pop("loss"), values.pop("grad_norm"), values.pop("units")
         self.scheduler.step()
         self.step += 1
+        if self.co2 is not None:  # after the inner step: every tau-th launches/applies the outer step
+            self.co2.advance()
         return loss, grad_norm, int(units), values
 
     def _evaluate(self, log: RunLog) -> dict[str, float]:
@@ -376,6 +415,8 @@ class Trainer:
                 if stopped or par.any_rank(stop.requested, self.device):
                     checkpoint = self.save()
                     return TrainResult(self.run_dir, self.step, last_loss, eval_metrics, checkpoint, stop.signum)
+            if self.co2 is not None:  # the last rounds applied: every rank holds the same weights
+                self.co2.finish()
             eval_metrics = self._evaluate(log) or eval_metrics
             checkpoint = self.save()
         finally:

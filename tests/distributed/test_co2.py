@@ -99,6 +99,31 @@ def _check_resume(rank):
     torch.testing.assert_close(_flat(params), straight, rtol=0, atol=0)
 
 
+def _check_finish_closes_partial_round(rank):
+    """7 steps at tau = 3: finish() takes the outer step of the partial round, then applies what is in
+    flight; afterwards every rank holds the same parameters, and the last step's work counted."""
+    cfg = CO2Config(tau=3, outer_momentum=0.3, clip=0.0)
+    params = [p.requires_grad_() for p in _toy_params()]
+    co2 = CO2(params, torch.optim.SGD(params, lr=0.02), cfg)
+    for step in range(7):
+        _toy_grad_step(params, co2, rank, step)
+    closed = co2.anchor.clone()
+    co2.outer_step()  # what finish() does first: the round of step 7 ...
+    co2._apply(co2.in_flight)  # ... and the mean it sends
+    expected = co2.anchor.clone()
+    params = [p.requires_grad_() for p in _toy_params()]
+    co2 = CO2(params, torch.optim.SGD(params, lr=0.02), cfg)
+    for step in range(7):
+        _toy_grad_step(params, co2, rank, step)
+    co2.finish()
+    assert co2.in_flight is None
+    torch.testing.assert_close(_flat(params), expected, rtol=0, atol=0)
+    assert not torch.equal(expected, closed)
+    others = [torch.empty_like(expected) for _ in range(WORLD)]
+    dist.all_gather(others, _flat(params))
+    assert all(torch.equal(o, others[0]) for o in others)
+
+
 def _check_sync_averaging(rank):
     """tau = 1, no momentum, no penalty, no overlap: one SGD step on the mean gradient (= DDP)."""
     cfg = CO2Config(tau=1, outer_lr=1.0, outer_momentum=0.0, penalty=False, clip=0.0, overlap=False)
@@ -174,6 +199,7 @@ def _worker(rank, world):
     _check_sync_averaging(rank)
     _check_against_simulation()
     _check_resume(rank)
+    _check_finish_closes_partial_round(rank)
     ddp, co2 = _tiny_lm_loss(rank, use_co2=False), _tiny_lm_loss(rank, use_co2=True)
     assert ddp < 2.0, ddp  # it learned (uniform: ln 24 = 3.18)
     assert co2 < ddp * 1.05, (co2, ddp)  # measured: 1.370 vs 1.327 (+3.2 %)
@@ -181,6 +207,42 @@ def _worker(rank, world):
 
 def test_co2(tmp_path):
     spawn(_worker, WORLD, tmp_path)
+
+
+def _sharded_worker(rank, world):
+    """2 replicas × 2 shards: each parameter a DTensor sharded (unevenly: 3 rows over 2 ranks) over the
+    ranks of its replica; CO2 averages each shard over the replica group; the whole parameters equal
+    the serial simulation of 2 workers (the penalty's C and the clip's norm are over whole tensors)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    replica, shards = mesh.get_local_rank("replicate"), mesh["shard"]
+
+    def shard(t):
+        return distribute_tensor(t, shards, [Shard(0)], src_data_rank=None)
+
+    for cfg in (CO2Config(tau=3, outer_lr=1.0, outer_momentum=0.3, penalty=True, clip=0.0),
+                CO2Config(tau=2, outer_lr=1.0, outer_momentum=0.3, penalty=False, clip=0.05)):
+        params = [torch.nn.Parameter(shard(p)) for p in _toy_params()]
+        co2 = CO2(params, torch.optim.SGD(params, lr=0.02, momentum=0.5), cfg, group=mesh["replicate"].get_group())
+        assert co2.anchor.numel() < sum(p.numel() for p in _toy_params())  # this rank holds part of the model
+        for step in range(STEPS):
+            x, y = _toy_batch(replica, step)
+            whole = [p.full_tensor().requires_grad_() for p in params]
+            grads = torch.autograd.grad(((x @ whole[0] + whole[1] - y) ** 2).sum(), whole)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = shard(g)
+            co2.step()
+            co2.zero_grad()
+        anchor, momentum = _simulate(cfg, inner_lr=0.02)
+        torch.testing.assert_close(_flat([p.full_tensor() for p in params]), anchor, rtol=1e-12, atol=1e-12)
+        other = _simulate(CO2Config(**{**cfg.__dict__, "penalty": not cfg.penalty, "clip": 0.0}), inner_lr=0.02)[0]
+        assert float((other - anchor).abs().max()) > 1e-3  # the penalty (or the clip) acted
+
+
+def test_co2_on_fsdp_shards(tmp_path):
+    spawn(_sharded_worker, 4, tmp_path)
 
 
 @pytest.mark.parametrize("bad, match", [(dict(tau=0), "tau"), (dict(outer_momentum=1.0), "outer_momentum"),
