@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 __all__ = ["MISSING", "ConfigError", "check_shard_keys", "load_config", "read_yaml", "to_yaml", "parse_overrides"]
@@ -59,6 +59,38 @@ def _merge(base: DictConfig, data: dict[str, Any], source: str) -> DictConfig:
         raise ConfigError(f"{source}: key '{key}': {reason}") from None
 
 
+def _apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Each ``dotted.key=value`` set on ``cfg`` in turn; a key may index a list
+    (``data.sources.0.stream.shards=[DIR]``), which a merged nested dict cannot express."""
+    parse_overrides(overrides)  # every item's form, checked before any is applied
+    for item in overrides:
+        key, _, text = item.partition("=")
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
+        _check_list_indices(cfg, key)
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except (OmegaConfBaseException, IndexError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"command line: key '{key}': {reason}") from None
+    return cfg
+
+
+def _check_list_indices(cfg: DictConfig, key: str) -> None:
+    """A list index in ``key`` must name an existing entry (OmegaConf would try to create it)."""
+    node, path = cfg, []
+    for part in key.split("."):
+        if isinstance(node, ListConfig) and part.isdigit() and int(part) >= len(node):
+            raise ConfigError(f"command line: key '{key}': {'.'.join(path)} has {len(node)} entries "
+                              f"(indices 0-{len(node) - 1}), got index {part}")
+        path.append(part)
+        try:
+            node = node[int(part)] if isinstance(node, ListConfig) and part.isdigit() else node.get(part)
+        except (OmegaConfBaseException, AttributeError):
+            return  # an unknown key: OmegaConf's own error names it
+        if not isinstance(node, DictConfig | ListConfig):
+            return
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Build a ``schema`` dataclass from its defaults, then the YAML file, then the overrides.
 
@@ -70,7 +102,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     if path is not None:
         cfg = _merge(cfg, read_yaml(path), str(path))
     if overrides:
-        cfg = _merge(cfg, parse_overrides(list(overrides)), "command line")
+        cfg = _apply_overrides(cfg, list(overrides))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         where = f" (set it in {path} or on the command line)" if path else ""

@@ -38,6 +38,29 @@ def test_file_then_overrides_in_order(tmp_path):
     assert cfg == Outer(name="a", inner=Inner(lr=0.5, layers=4, betas=[0.8, 0.9]))
 
 
+@dataclass
+class Source:
+    name: str = "a"
+    weight: float = 1.0
+    inner: Inner = field(default_factory=Inner)
+
+
+@dataclass
+class Sources:
+    sources: list[Source] = field(default_factory=lambda: [Source("a"), Source("b")])
+
+
+def test_an_override_can_index_a_list_of_structured_entries():
+    cfg = load_config(Sources, None, ["sources.1.weight=2", "sources.0.inner.betas=[0.5,0.6]"])
+    assert cfg.sources == [Source("a", inner=Inner(betas=[0.5, 0.6])), Source("b", weight=2.0)]
+    with pytest.raises(ConfigError, match=r"sources\.2\.weight.*sources has 2 entries.*got index 2"):
+        load_config(Sources, None, ["sources.2.weight=2"])
+    with pytest.raises(ConfigError, match=r"sources\.0\.inner\.width"):
+        load_config(Sources, None, ["sources.0.inner.width=3"])
+    with pytest.raises(ConfigError, match=r"inner\.layers must be >= 1"):  # __post_init__ still runs
+        load_config(Sources, None, ["sources.0.inner.layers=0"])
+
+
 def test_unknown_key_in_file_names_key_and_file(tmp_path):
     path = write(tmp_path, "name: a\ninner:\n  lrr: 0.5\n")
     with pytest.raises(ConfigError, match=r"c\.yaml.*inner\.lrr"):
