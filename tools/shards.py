@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     s.add_argument("--size", type=int, default=None, help="image side (vl) or frame side (av)")
     s.add_argument("--sizes", default=None, metavar="WxH,...",
                    help="vl: images of these sizes in turn (mixed aspect ratios, for any-res), e.g. 64x48,48x64")
+    s.add_argument("--max-objects", type=int, default=None,
+                   help="vl: objects per image drawn from 1..N (default 3; 1 makes an easier set)")
     s.add_argument("--seconds", type=float, default=None, help="clip length (av)")
     s.add_argument("--fps", type=int, default=None, help="frame rate (av)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -79,11 +81,11 @@ def _synth(args, writer) -> int:
     if args.num_samples is not None:
         fields["num_samples"] = args.num_samples
     for name, attr in (("size", {"vl": "image_size", "av": "size"}), ("seconds", {"av": "seconds"}),
-                       ("fps", {"av": "fps"})):  # fmt: skip
+                       ("fps", {"av": "fps"}), ("max_objects", {"vl": "max_objects"})):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             if args.kind not in attr:
-                raise UsageError(f"--{name} does not apply to the {args.kind} set")
+                raise UsageError(f"--{name.replace('_', '-')} does not apply to the {args.kind} set")
             fields[attr[args.kind]] = value
     if args.sizes is not None:
         if args.kind != "vl":

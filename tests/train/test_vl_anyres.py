@@ -89,6 +89,15 @@ def test_shards_synth_sizes_option(tmp_path, capsys):
     assert main(["shards", "synth", "text", "-o", str(out), "--sizes", "64x48"]) == 2
     assert main(["shards", "synth", "vl", "-o", str(out), "--sizes", "64x20"]) == 2
     assert "sizes entry [64, 20]" in capsys.readouterr().err
+    assert main(["shards", "synth", "vl", "-o", str(out), "--max-objects", "0"]) == 2
+    assert "max_objects must be in [1, 9], got 0" in capsys.readouterr().err
+    assert main(["shards", "synth", "av", "-o", str(out), "--max-objects", "1"]) == 2
+    assert "--max-objects does not apply to the av set" in capsys.readouterr().err
+    one = tmp_path / "one"
+    assert main(["shards", "synth", "vl", "-o", str(one), "-n", "4", "--max-objects", "1", "--quiet",
+                 "--workers", "1"]) == 0
+    captions = [s["txt"].decode() for s in iter_shard(str(one / "shard-000000.tar"), None, SkipCounter())]
+    assert len(captions) == 4 and not any(" and " in c for c in captions), captions  # one shape each
 
 
 def test_batches_mix_tile_counts_and_equal_the_processor_on_each_image_alone(tmp_path, shards):
