@@ -151,25 +151,27 @@ def test_ddp_two_processes_match_one_process_and_resume_in_one(shards, reference
                      "--resume", str(ckpt)]) == 0
 
 
-def test_sequence_parallel_with_fsdp_matches_one_process_and_dcp_resumes_in_one(shards, reference_one_worker,
-                                                                                 tmp_path):
-    """parallel.sp=2: both ranks read the same rows and each trains on half of every row (LASP ring);
-    FSDP2 shards the parameters over the two ranks; checkpoints are DCP directories. Launched as two
-    "nodes" of one process each that meet through torchrun's c10d rendezvous."""
-    run_dir, log = tmp_path / "sp", tmp_path / "torchrun.log"
-    one = ("data.stream.num_workers=0",)
-    code = _torchrun(1, _args(shards, run_dir, *one, "parallel.sp=2", "parallel.fsdp=true"), log, nodes=2)
+def test_dp_by_sp_with_fsdp_on_two_nodes_matches_one_process_and_dcp_resumes_in_one(shards, reference, tmp_path):
+    """parallel.sp=2 on a world of 4 (dp = 2 × sp = 2): each pair of sequence ranks reads the rows of
+    its data replica and each rank trains on half of every row (LASP ring); FSDP2 shards the
+    parameters over all four; checkpoints are DCP directories. Launched as two "nodes" of two
+    processes each that meet through torchrun's c10d rendezvous (issue 20: "a CPU test runs 2 nodes
+    × 2 processes on localhost through it")."""
+    run_dir, log = tmp_path / "dp_sp", tmp_path / "torchrun.log"
+    code = _torchrun(2, _args(shards, run_dir, "data.stream.num_workers=0", "parallel.sp=2", "parallel.fsdp=true"),
+                     log, nodes=2)
     assert code == 0, log.read_text()[-3000:]
-    _assert_same_run(run_dir, reference_one_worker)
+    _assert_same_run(run_dir, reference)
     ckpt = run_dir / "checkpoints" / "step_00000002"
     assert (ckpt / "dcp" / ".metadata").is_file() and (ckpt / "COMPLETE").is_file()
     assert not (ckpt / "model.safetensors").exists()
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
-    # one process resumes the DCP directory of two (DCP reshards the FSDP shards into whole tensors);
-    # both sequence ranks read the rows of the one data replica: its position continues exactly
+    # one process resumes the DCP directory of four (DCP reshards the FSDP shards into whole tensors);
+    # the two data replicas' positions continue exactly, read in turn, one micro-batch each
     resumed = tmp_path / "resumed"
-    assert main(["train", *_args(shards, resumed, *one), "--resume", str(ckpt)]) == 0
-    assert sorted(_losses(resumed)) == [3] and abs(_losses(resumed)[3] - _losses(reference_one_worker)[3]) < 1e-5
+    assert main(["train", *_args(shards, resumed, "data.stream.num_workers=0", "train.grad_accum=2"),
+                 "--resume", str(ckpt)]) == 0
+    assert sorted(_losses(resumed)) == [3] and abs(_losses(resumed)[3] - _losses(reference)[3]) < 1e-5
 
 
 def test_fsdp_data_parallel_as_launched_with_one_rank(shards, reference_one_worker, tmp_path):
