@@ -78,6 +78,7 @@ class Layout:
     mesh: DeviceMesh  # ("dp", "sp")
     ep_mesh: DeviceMesh | None  # ("ep_replica", "ep"), when ep > 1
     experts: ExpertShards | None = None  # gathers/cuts the expert slices for checkpoints, when ep > 1
+    own_units = False  # gradients are normalised by the global unit count (see DataParallel)
 
     @property
     def loss_scale(self) -> int:

@@ -33,9 +33,9 @@ FOLDER = "co2"
 
 
 class LocalUpdates(DataParallel):
-    """Gradients stay local; each rank normalises by its own unit count (``local = True``)."""
+    """Gradients stay local; each rank normalises by its own unit count (``own_units``)."""
 
-    local = True
+    own_units = True
 
     def __init__(self):
         super().__init__(world_size=1)

@@ -86,6 +86,7 @@ class DataParallel:
     """
 
     experts = None  # every rank holds every parameter: checkpoints need no gathering
+    own_units = False  # True: a rank divides its gradients by its own unit count (CO2's local steps)
 
     def __init__(self, world_size: int):
         self.loss_scale = world_size

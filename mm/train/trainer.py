@@ -324,12 +324,11 @@ class Trainer:
         keys = list(extra)
         stats = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
                              for v in (loss_sum, units, *(extra[k] for k in keys))])
-        local_units = stats[1].clone()
-        stats = par.all_sum(stats)
         # CO2 (mm.train.co2): each rank steps on the mean over its own units; else the global count
+        own = stats[1].clamp(min=1) if self.layout.own_units else None  # a copy: all_sum works in place
+        stats = par.all_sum(stats)
         n = stats[1].clamp(min=1)
-        local = getattr(self.layout, "local", False)
-        scale = float(self.layout.loss_scale / (local_units.clamp(min=1) if local else n))  # float: DTensors too
+        scale = float(self.layout.loss_scale / (n if own is None else own))  # a float scales DTensors too
         for g in grads:
             g.mul_(scale)
         mean = (stats[2:] / self.world.size).tolist()

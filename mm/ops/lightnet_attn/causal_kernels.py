@@ -84,6 +84,14 @@ def _weights(k, z, causal):
 
 
 @triton.jit
+def _advance(state, k, v, z_in, z_end, dt: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """The state past one chunk, normalised at its last z:
+    S ← diag(exp(z_in − z_end)) S + exp(k − z_end)ᵀ v (rows past a sequence's end: exp(−inf) = 0)."""
+    w = _cast(tl.exp(k - z_end[None, :]), dt, UPCAST)
+    return state * tl.exp(z_in - z_end)[:, None] + _dot(tl.trans(w), v, PREC, UPCAST)
+
+
+@triton.jit
 def causal_fwd_kernel(
     Q, K, V, OUT, Z, S_IN, Z_IN, SEG,
     sq_t, sq_h, sk_t, sk_h, sv_t, sv_h,  # token and head strides of q, k, v (OUT and Z are dense)
@@ -127,8 +135,7 @@ def causal_fwd_kernel(
             tl.store(Z + (pos * H + i_h) * D + rd[None, :], z, mask=vd)
         nb = tl.minimum(length - t0, BLOCK)
         z_end = tl.sum(tl.where((ri == nb - 1)[:, None], z, 0.0), axis=0)
-        w = _cast(tl.exp(k - z_end[None, :]), dt, UPCAST)  # rows past the end: exp(-inf) = 0
-        state = state * tl.exp(z_in - z_end)[:, None] + _dot(tl.trans(w), v, PREC, UPCAST)
+        state = _advance(state, k, v, z_in, z_end, dt, PREC, UPCAST)
         z_in = z_end
 
 
@@ -167,8 +174,7 @@ def causal_dq_kernel(
         tl.store(DQ + (pos * H + i_h) * D + rd[None, :], dq, mask=vd)
         nb = tl.minimum(length - t0, BLOCK)
         z_end = tl.load(Z + ((start + t0 + nb - 1) * H + i_h) * D + rd, mask=md, other=0.0)
-        w = _cast(tl.exp(k - z_end[None, :]), dt, UPCAST)
-        state = state * tl.exp(z_in - z_end)[:, None] + _dot(tl.trans(w), v, PREC, UPCAST)
+        state = _advance(state, k, v, z_in, z_end, dt, PREC, UPCAST)
         z_in = z_end
 
 
